@@ -1,0 +1,40 @@
+# MetaSentry: `make run` and `make test` work on a fresh machine with Python 3.11+.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+TOKEN  := var/api-token
+
+.PHONY: run test bench lint typecheck clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(STAMP)
+
+# A random API token, created once and readable only by its owner; export
+# METASENTRY_API_TOKEN yourself to use your own.
+$(TOKEN):
+	mkdir -p var
+	umask 077 && $(BIN)/python -c "import secrets; print(secrets.token_urlsafe(32))" > $(TOKEN)
+
+run: $(STAMP) $(TOKEN)
+	METASENTRY_API_TOKEN="$${METASENTRY_API_TOKEN:-$$(cat $(TOKEN))}" \
+		$(BIN)/metasentry run --config agent.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/fewshot.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check agent adapters detectors meta storage bench tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache .mypy_cache .tools

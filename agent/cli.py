@@ -1,0 +1,228 @@
+"""The ``metasentry`` command line.
+
+Commands: ``run``, ``check-config``, ``replay``, ``incidents list|show``, ``label``,
+``db upgrade``, and the meta-learning commands ``meta-train`` and ``fewshot-eval``.
+A configuration problem is printed as one line per error and exits 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import orjson
+
+from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_config
+from agent.logs import configure_logging
+from agent.version import __version__
+
+log = logging.getLogger(__name__)
+
+EXIT_CONFIG = 2
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def config_option(func: F) -> F:
+    return click.option(
+        "--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
+        default=lambda: os.environ.get("METASENTRY_CONFIG", str(DEFAULT_CONFIG_PATH)),
+        show_default="agent.yaml or $METASENTRY_CONFIG", help="The agent's YAML configuration.",
+    )(func)
+
+
+def load_or_exit(path: Path, *, need_token: bool = False) -> AgentConfig:
+    """Load the config or print every error and exit 2."""
+    try:
+        config = load_config(path, need_token=need_token)
+    except ConfigError as exc:
+        for line in exc.errors:
+            click.echo(f"error: {line}", err=True)
+        sys.exit(EXIT_CONFIG)
+    configure_logging(config.logging.level, json_format=config.logging.json_format)
+    return config
+
+
+def emit_json(data: Any) -> None:
+    click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str).decode())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="metasentry")
+def main() -> None:
+    """MetaSentry: security monitoring for the data streams around ML systems."""
+
+
+@main.command("check-config")
+@click.argument("config_path", type=click.Path(path_type=Path, dir_okay=False))
+def check_config(config_path: Path) -> None:
+    """Validate CONFIG_PATH; print every error (exit 2) or a redacted summary (exit 0)."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        for line in exc.errors:
+            click.echo(f"error: {line}", err=True)
+        click.echo(f"{len(exc.errors)} error(s) in {config_path}", err=True)
+        sys.exit(EXIT_CONFIG)
+    click.echo(f"{config_path}: valid (sha256 {config.sha256[:12]})")
+    emit_json(config.redacted_summary())
+
+
+@main.command()
+@config_option
+def run(config_path: Path) -> None:
+    """Run the agent as a service until SIGTERM or Ctrl-C."""
+    from agent.daemon import run_service
+
+    config = load_or_exit(config_path, need_token=True)
+    sys.exit(run_service(config))
+
+
+@main.command()
+@config_option
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Stop after N records.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--source-name", default=None,
+              help="Source name for offsets and incidents (default: from the file name).")
+@click.argument("path", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+def replay(config_path: Path, limit: int | None, as_json: bool, source_name: str | None,
+           path: Path) -> None:
+    """Push the finite file PATH through the same pipeline and store as `run`.
+
+    A rerun with the same file resumes after the last committed record.
+    """
+    from agent.replay import replay_file
+
+    config = load_or_exit(config_path)
+    summary = replay_file(config, path, limit=limit, source_name=source_name,
+                          progress=sys.stderr.isatty() and not as_json)
+    if as_json:
+        emit_json(summary)
+    else:
+        click.echo(format_summary(summary))
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    rejected = ", ".join(f"{k} {v}" for k, v in sorted(summary["rejected"].items())) or "none"
+    incidents = ", ".join(f"{k} {v}" for k, v in sorted(summary["incidents"].items())) or "none"
+    return "\n".join([
+        f"records          {summary['records']}",
+        f"processed        {summary['processed']}",
+        f"rejected         {sum(summary['rejected'].values())} ({rejected})",
+        f"incidents        {sum(summary['incidents'].values())} ({incidents})",
+        f"drift windows    {summary['windows_tested']}",
+        f"elapsed          {summary['elapsed_s']:.2f} s",
+        f"throughput       {summary['records_per_s']:.0f} records/s",
+        f"batch latency    p50 {summary['batch_p50_ms']:.1f} ms, p95 {summary['batch_p95_ms']:.1f} ms",
+    ])
+
+
+@main.group()
+def incidents() -> None:
+    """Look at incidents in the database."""
+
+
+@incidents.command("list")
+@config_option
+@click.option("--kind", default=None, help="Only this kind (drift, adversarial, ...).")
+@click.option("--status", default=None,
+              type=click.Choice(["open", "labelled", "dismissed", "resolved"]))
+@click.option("--source", default=None)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def incidents_list(config_path: Path, kind: str | None, status: str | None,
+                   source: str | None, limit: int, as_json: bool) -> None:
+    """Newest incidents first."""
+    store = _store(config_path)
+    rows = store.list_incidents(kind=kind, status=status, source=source, limit=limit)
+    if as_json:
+        emit_json([r.to_dict() for r in rows])
+        return
+    if not rows:
+        click.echo("no incidents")
+        return
+    click.echo(f"{'ID':>6}  {'CREATED':19}  {'KIND':10} {'SEVERITY':8} {'STATUS':9} "
+               f"{'SOURCE':18} SUMMARY")
+    for r in rows:
+        summary = (r.explanation.get("summary") or r.record_excerpt or "")[:70]
+        click.echo(f"{r.id:>6}  {r.created_at:%Y-%m-%d %H:%M:%S}  {r.kind:10} {r.severity:8} "
+                   f"{r.status:9} {r.source[:18]:18} {summary}")
+
+
+@incidents.command("show")
+@config_option
+@click.argument("incident_id", type=int)
+def incidents_show(config_path: Path, incident_id: int) -> None:
+    """One incident, whole, as JSON."""
+    from storage import IncidentNotFound
+
+    store = _store(config_path)
+    try:
+        emit_json(store.get_incident(incident_id).to_dict())
+    except IncidentNotFound:
+        click.echo(f"error: no incident {incident_id}", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@config_option
+@click.option("--actor", default=lambda: os.environ.get("USER", "cli"), show_default="$USER")
+@click.option("--note", default=None)
+@click.argument("incident_id", type=int)
+@click.argument("label")
+def label(config_path: Path, actor: str, note: str | None, incident_id: int, label: str) -> None:
+    """Give incident INCIDENT_ID the class LABEL."""
+    from storage import IncidentNotFound
+
+    store = _store(config_path)
+    try:
+        incident = store.label_incident(incident_id, label, actor=actor, note=note)
+    except IncidentNotFound:
+        click.echo(f"error: no incident {incident_id}", err=True)
+        sys.exit(1)
+    click.echo(f"incident {incident.id} labelled {incident.analyst_label!r}")
+
+
+@main.group()
+def db() -> None:
+    """Database maintenance."""
+
+
+@db.command("upgrade")
+@config_option
+def db_upgrade(config_path: Path) -> None:
+    """Apply migrations up to the newest schema."""
+    from storage import Store
+
+    config = load_or_exit(config_path)
+    store = Store(config.storage_url())
+    started = time.perf_counter()
+    store.upgrade()
+    click.echo(f"{store.redacted_url}: at {store.current_revision()} "
+               f"({time.perf_counter() - started:.2f} s)")
+
+
+def _store(config_path: Path) -> Any:
+    from storage import Store
+
+    config = load_or_exit(config_path)
+    store = Store(config.storage_url())
+    if not store.at_head():
+        store.upgrade()
+    return store
+
+
+def _register_meta_commands() -> None:
+    """meta-train and fewshot-eval live beside the learners they drive."""
+    from agent.cli_meta import fewshot_eval, meta_train
+
+    main.add_command(meta_train)
+    main.add_command(fewshot_eval)
+
+
+_register_meta_commands()

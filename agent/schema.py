@@ -1,0 +1,381 @@
+"""The encoder: records in, one float32 matrix out, and a named reason for every bad record.
+
+Built from the ``schema:`` section of ``agent.yaml`` and fitted on reference data, it is the
+one place that knows how a record becomes numbers. It works column by column over a whole
+batch (numpy does the arithmetic), because a per-record loop here would cap the agent's
+throughput. A record that cannot be encoded is never fatal: it is reported with the field and
+the reason, the pipeline quarantines it, and the rest of the batch goes on.
+
+Layout of an encoded row, in feature order within each group: numeric features (one column
+each), categorical features (one-hot over the fitted vocabulary plus an unknown bucket),
+boolean features (one 0/1 column), tensor features (flattened).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from agent.config import FeatureSpec, SchemaConfig
+from detectors.base import FeatureBatch
+
+_MISSING = object()
+_TRUE = frozenset({"true", "1", "yes", "y", "t"})
+_FALSE = frozenset({"false", "0", "no", "n", "f"})
+_NUMBER_TYPES = frozenset({int, float})
+STATE_VERSION = 1
+
+
+class EncoderNotFitted(RuntimeError):
+    """encode() was called before fit(): the scaling and vocabularies are not known yet."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecordError:
+    """Why one record of a batch could not be encoded."""
+
+    index: int
+    reason: str  # bounded code: missing_field, wrong_type, non_finite, bad_shape
+    detail: str
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """The encoded batch: rows for the good records, errors for the others."""
+
+    x: np.ndarray  # float32 [n_ok, dim]
+    ok: np.ndarray  # bool [n]; x row i belongs to record np.flatnonzero(ok)[i]
+    errors: list[RecordError]
+    features: FeatureBatch
+    labels: np.ndarray | None  # object [n_ok] (str or None) when the schema names a label
+
+    @property
+    def n_ok(self) -> int:
+        return int(self.x.shape[0])
+
+
+@dataclass
+class _Fitted:
+    """Per-feature parameters learned from the reference data."""
+
+    center: dict[str, float] = field(default_factory=dict)
+    scale: dict[str, float] = field(default_factory=dict)
+    vocab: dict[str, list[str]] = field(default_factory=dict)
+
+
+class Encoder:
+    """Turns batches of records (dicts) into model input, per the configured schema.
+
+    Examples
+    --------
+    >>> from agent.config import SchemaConfig
+    >>> schema = SchemaConfig(features=[{"name": "bytes", "type": "numeric", "transform": "log1p"},
+    ...                                 {"name": "proto", "type": "categorical"}])
+    >>> enc = Encoder(schema)
+    >>> enc.fit([{"bytes": 10, "proto": "tcp"}, {"bytes": 1000, "proto": "udp"}])
+    >>> out = enc.encode([{"bytes": 100, "proto": "icmp"}, {"bytes": "x", "proto": "tcp"}])
+    >>> out.x.shape, [e.reason for e in out.errors]
+    ((1, 4), ['wrong_type'])
+    """
+
+    def __init__(self, schema: SchemaConfig) -> None:
+        self.schema = schema
+        self._fitted: _Fitted | None = None
+        self._lookup: dict[str, dict[str, int]] = {}
+
+    @classmethod
+    def from_config(cls, schema: SchemaConfig) -> Encoder:
+        return cls(schema)
+
+    # --- introspection ---------------------------------------------------------------------
+
+    def _by_type(self, *types: str) -> list[FeatureSpec]:
+        return [f for f in self.schema.features if f.type in types]
+
+    @property
+    def is_fitted(self) -> bool:
+        return self._fitted is not None
+
+    @property
+    def dim(self) -> int:
+        """Width of an encoded row."""
+        return sum(width for _, width in self.column_groups())
+
+    def column_groups(self) -> list[tuple[str, int]]:
+        """(feature name, number of columns) in row order: maps columns back to features."""
+        fitted = self._require_fitted()
+        groups: list[tuple[str, int]] = [(f.name, 1) for f in self._by_type("numeric")]
+        groups += [(f.name, len(fitted.vocab[f.name]) + 1) for f in self._by_type("categorical")]
+        groups += [(f.name, 1) for f in self._by_type("boolean")]
+        groups += [(f.name, int(np.prod(f.shape or (1,)))) for f in self._by_type("tensor")]
+        return groups
+
+    def _require_fitted(self) -> _Fitted:
+        if self._fitted is None:
+            raise EncoderNotFitted("the encoder is not fitted: call fit() on reference data first")
+        return self._fitted
+
+    # --- fitting -----------------------------------------------------------------------------
+
+    def fit(self, records: Sequence[Mapping[str, Any]], *, textual: bool = False) -> Encoder:
+        """Learn scaling and vocabularies from reference records; bad ones are skipped."""
+        if not records:
+            raise ValueError("cannot fit the encoder on zero reference records")
+        fitted = _Fitted()
+        ok = np.ones(len(records), dtype=bool)
+        columns: dict[str, np.ndarray] = {}
+        for spec in self._by_type("numeric", "tensor"):
+            values, bad = self._numeric_column(spec, records, textual)
+            ok &= bad == ""
+            columns[spec.name] = values
+        for spec in self._by_type("categorical"):
+            strings, bad = _category_column(spec.name, records, textual)
+            ok &= bad == ""
+            counts = Counter(strings[bad == ""].tolist())
+            ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+            fitted.vocab[spec.name] = [name for name, _ in ranked[: spec.max_categories]]
+        if not ok.any():
+            raise ValueError("no reference record could be encoded: check the schema against the data")
+        for spec in self._by_type("numeric", "tensor"):
+            values = columns[spec.name][ok]
+            if spec.scale == "standard":
+                center, scale = float(values.mean()), float(values.std())
+            elif spec.scale == "minmax":
+                center, scale = float(values.min()), float(values.max() - values.min())
+            else:
+                center, scale = 0.0, 1.0
+            fitted.center[spec.name] = center
+            fitted.scale[spec.name] = scale if scale > 1e-12 else 1.0
+        self._install(fitted)
+        return self
+
+    def _install(self, fitted: _Fitted) -> None:
+        self._fitted = fitted
+        self._lookup = {name: {v: i for i, v in enumerate(vocab)} for name, vocab in fitted.vocab.items()}
+
+    # --- encoding ----------------------------------------------------------------------------
+
+    def encode(self, records: Sequence[Mapping[str, Any]], *, textual: bool = False) -> Encoded:
+        """Encode a batch; records that fail any feature are reported, not encoded."""
+        fitted = self._require_fitted()
+        n = len(records)
+        reasons = np.full(n, "", dtype=object)
+        details = np.full(n, "", dtype=object)
+
+        def note(bad: np.ndarray, name: str) -> None:
+            fresh = (bad != "") & (reasons == "")
+            reasons[fresh] = bad[fresh]
+            details[fresh] = [f"{name}: {_REASON_TEXT[r]}" for r in bad[fresh]]
+
+        numeric_raw: list[np.ndarray] = []
+        blocks: list[np.ndarray] = []
+        for spec in self._by_type("numeric"):
+            values, bad = self._numeric_column(spec, records, textual)
+            note(bad, spec.name)
+            numeric_raw.append(values)
+            blocks.append(((values - fitted.center[spec.name]) / fitted.scale[spec.name])[:, None])
+        codes: list[np.ndarray] = []
+        for spec in self._by_type("categorical"):
+            strings, bad = _category_column(spec.name, records, textual)
+            note(bad, spec.name)
+            lookup = self._lookup[spec.name]
+            unknown = len(lookup)
+            code = np.fromiter((lookup.get(s, unknown) for s in strings), dtype=np.int32, count=n)
+            codes.append(code)
+            onehot = np.zeros((n, unknown + 1), dtype=np.float32)
+            onehot[np.arange(n), code] = 1.0
+            blocks.append(onehot)
+        for spec in self._by_type("boolean"):
+            flags, bad = _boolean_column(spec.name, records, textual)
+            note(bad, spec.name)
+            codes.append(flags.astype(np.int32))
+            blocks.append(flags.astype(np.float32)[:, None])
+        for spec in self._by_type("tensor"):
+            values, bad = self._tensor_column(spec, records, textual)
+            note(bad, spec.name)
+            blocks.append((values - fitted.center[spec.name]) / fitted.scale[spec.name])
+
+        ok = reasons == ""
+        x = np.concatenate(blocks, axis=1).astype(np.float32, copy=False)[ok] if blocks else (
+            np.zeros((int(ok.sum()), 0), dtype=np.float32))
+        errors = [RecordError(int(i), str(reasons[i]), str(details[i])) for i in np.flatnonzero(~ok)]
+        categorical_specs = self._by_type("categorical") + self._by_type("boolean")
+        batch = FeatureBatch(
+            numeric=(np.stack(numeric_raw, axis=1)[ok] if numeric_raw else np.zeros((int(ok.sum()), 0))),
+            numeric_names=tuple(f.name for f in self._by_type("numeric")),
+            categorical=(np.stack(codes, axis=1)[ok] if codes
+                         else np.zeros((int(ok.sum()), 0), dtype=np.int32)),
+            categorical_names=tuple(f.name for f in categorical_specs),
+            categorical_vocab=tuple(
+                tuple(fitted.vocab[f.name]) if f.type == "categorical" else ("false", "true")
+                for f in categorical_specs
+            ),
+            encoded=x,
+        )
+        return Encoded(x=x, ok=ok, errors=errors, features=batch, labels=self._labels(records, ok))
+
+    def labels(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """The label field of every record (None where absent), as an object array."""
+        if not self.schema.label:
+            raise ValueError("the schema names no `label:` field")
+        name = self.schema.label
+        return np.array([_label_text(r.get(name)) for r in records], dtype=object)
+
+    def _labels(self, records: Sequence[Mapping[str, Any]], ok: np.ndarray) -> np.ndarray | None:
+        return self.labels(records)[ok] if self.schema.label else None
+
+    def _numeric_column(self, spec: FeatureSpec, records: Sequence[Mapping[str, Any]],
+                        textual: bool) -> tuple[np.ndarray, np.ndarray]:
+        if spec.type == "tensor":
+            return self._tensor_column(spec, records, textual)
+        raw = [r.get(spec.name, _MISSING) for r in records]
+        values, bad = _to_float(raw, textual)
+        return _transform(values, spec.transform), bad
+
+    @staticmethod
+    def _tensor_column(spec: FeatureSpec, records: Sequence[Mapping[str, Any]],
+                       textual: bool) -> tuple[np.ndarray, np.ndarray]:
+        shape = tuple(spec.shape or ())
+        size = int(np.prod(shape))
+        out = np.zeros((len(records), size), dtype=np.float64)
+        bad = np.full(len(records), "", dtype=object)
+        for i, record in enumerate(records):
+            value = record.get(spec.name, _MISSING)
+            if value is _MISSING or value is None:
+                bad[i] = "missing_field"
+                continue
+            if isinstance(value, (str, bytes)):
+                try:
+                    value = orjson.loads(value)
+                except orjson.JSONDecodeError:
+                    bad[i] = "wrong_type"
+                    continue
+            try:
+                arr = np.asarray(value, dtype=np.float64)
+            except (TypeError, ValueError):
+                bad[i] = "wrong_type"
+                continue
+            if arr.shape != shape:
+                bad[i] = "bad_shape"
+            elif not np.isfinite(arr).all():
+                bad[i] = "non_finite"
+            else:
+                out[i] = arr.reshape(-1)
+        return _transform(out, spec.transform), bad
+
+    # --- persistence (JSON, never pickle) ------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        fitted = self._require_fitted()
+        return {
+            "version": STATE_VERSION,
+            "schema": self.schema.model_dump(mode="json"),
+            "center": fitted.center,
+            "scale": fitted.scale,
+            "vocab": fitted.vocab,
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> Encoder:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"unsupported encoder state version {state.get('version')!r}")
+        encoder = cls(SchemaConfig.model_validate(state["schema"]))
+        encoder._install(_Fitted(center=dict(state["center"]), scale=dict(state["scale"]),
+                                 vocab={k: list(v) for k, v in state["vocab"].items()}))
+        return encoder
+
+
+_REASON_TEXT = {
+    "missing_field": "field is missing",
+    "wrong_type": "wrong type",
+    "non_finite": "value is NaN or infinite",
+    "bad_shape": "tensor has the wrong shape",
+}
+
+
+def _label_text(value: Any) -> str | None:
+    if value is None or value is _MISSING:
+        return None
+    return str(value)
+
+
+def _transform(values: np.ndarray, transform: str) -> np.ndarray:
+    # Sign-preserving log1p: heavy-tailed counters (bytes, durations) compress without
+    # turning an occasional negative into NaN.
+    return np.sign(values) * np.log1p(np.abs(values)) if transform == "log1p" else values
+
+
+def _to_float(raw: list[Any], textual: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Vectorised conversion with a slow path only when something is wrong."""
+    n = len(raw)
+    bad = np.full(n, "", dtype=object)
+    fast_ok = (textual and all(type(v) is str for v in raw)) or (
+        not textual and {type(v) for v in raw} <= _NUMBER_TYPES)
+    if fast_ok:
+        try:
+            values = np.asarray(raw, dtype=np.float64)
+        except (ValueError, OverflowError):
+            values = None
+        if values is not None:
+            bad[~np.isfinite(values)] = "non_finite"
+            return np.where(bad == "", values, 0.0), bad
+    values = np.zeros(n, dtype=np.float64)
+    for i, v in enumerate(raw):
+        if v is _MISSING or v is None or (textual and v == ""):
+            bad[i] = "missing_field"
+        elif textual and isinstance(v, str):
+            try:
+                values[i] = float(v)
+            except ValueError:
+                bad[i] = "wrong_type"
+        elif type(v) in _NUMBER_TYPES:
+            try:
+                values[i] = float(v)
+            except OverflowError:
+                bad[i] = "non_finite"
+        else:
+            bad[i] = "wrong_type"
+    finite = np.isfinite(values)
+    bad[(bad == "") & ~finite] = "non_finite"
+    return np.where(bad == "", values, 0.0), bad
+
+
+def _category_column(name: str, records: Sequence[Mapping[str, Any]],
+                     textual: bool) -> tuple[np.ndarray, np.ndarray]:
+    raw = [r.get(name, _MISSING) for r in records]
+    bad = np.full(len(raw), "", dtype=object)
+    if all(type(v) is str for v in raw):
+        return np.array(raw, dtype=object), bad
+    out = np.empty(len(raw), dtype=object)
+    for i, v in enumerate(raw):
+        if v is _MISSING or v is None:
+            bad[i], out[i] = "missing_field", ""
+        elif isinstance(v, str) or (type(v) is int and not textual):
+            out[i] = str(v)
+        else:
+            bad[i], out[i] = "wrong_type", ""
+    return out, bad
+
+
+def _boolean_column(name: str, records: Sequence[Mapping[str, Any]],
+                    textual: bool) -> tuple[np.ndarray, np.ndarray]:
+    raw = [r.get(name, _MISSING) for r in records]
+    bad = np.full(len(raw), "", dtype=object)
+    out = np.zeros(len(raw), dtype=bool)
+    for i, v in enumerate(raw):
+        if v is _MISSING or v is None:
+            bad[i] = "missing_field"
+        elif type(v) is bool:
+            out[i] = v
+        elif type(v) is int and v in (0, 1):
+            out[i] = bool(v)
+        elif isinstance(v, str) and v.strip().lower() in _TRUE | _FALSE:
+            out[i] = v.strip().lower() in _TRUE
+        else:
+            bad[i] = "wrong_type"
+    return out, bad

@@ -1,0 +1,210 @@
+"""Assembling the agent from its config, and the loop that feeds the pipeline.
+
+``Agent`` owns the long-lived objects (store, encoder, pipeline, sources, metrics) and the
+start-up order: database schema first (nothing may be written to an old schema), then the
+reference fit (nothing can be scored without it), then sources at their committed positions.
+``Agent.run_sources`` is the one loop that fetches; it stops between batches, so a stop never
+leaves a half-processed batch behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from adapters.base import Source
+from adapters.files import CsvFileSource, JsonlFileSource
+from adapters.stdin import StdinSource
+from agent.config import (
+    AgentConfig,
+    CsvFileSourceConfig,
+    JsonlFileSourceConfig,
+    SourceConfig,
+    StdinSourceConfig,
+)
+from agent.datafile import read_records
+from agent.metrics import Metrics
+from agent.pipeline import BatchOutcome, Pipeline
+from agent.schema import Encoder
+from detectors.base import FeatureBatch
+from storage import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunTotals:
+    """Running totals over every batch, for the replay summary."""
+
+    received: int = 0
+    processed: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    incidents: Counter[str] = field(default_factory=Counter)
+    duplicates: int = 0
+    windows_tested: int = 0
+    batch_seconds: list[float] = field(default_factory=list)
+
+    def add(self, outcome: BatchOutcome) -> None:
+        self.received += outcome.received
+        self.processed += outcome.processed
+        self.rejected.update(outcome.rejected)
+        self.incidents.update(outcome.incidents)
+        self.duplicates += outcome.duplicates
+        self.windows_tested += outcome.windows_tested
+        if outcome.received:
+            self.batch_seconds.append(outcome.seconds)
+
+
+def build_source(config: AgentConfig, spec: SourceConfig) -> Source:
+    """The adapter for one ``sources:`` entry."""
+    max_bytes = config.schema.max_record_bytes
+    if isinstance(spec, CsvFileSourceConfig):
+        columns = None if spec.header else config.schema.columns
+        return CsvFileSource(spec.name, config.resolve(spec.path), mode=spec.mode, columns=columns,
+                             header=spec.header, delimiter=spec.delimiter,
+                             max_record_bytes=max_bytes)
+    if isinstance(spec, JsonlFileSourceConfig):
+        return JsonlFileSource(spec.name, config.resolve(spec.path), mode=spec.mode,
+                               max_record_bytes=max_bytes)
+    if isinstance(spec, StdinSourceConfig):
+        columns = None if spec.header else config.schema.columns
+        return StdinSource(spec.name, format=spec.format, columns=columns, header=spec.header)
+    raise TypeError(f"unsupported source config {type(spec).__name__}")
+
+
+def fit_reference(config: AgentConfig) -> tuple[Encoder, FeatureBatch]:
+    """Fit the encoder on the reference file and return the encoded reference."""
+    ref = config.reference
+    data = read_records(config.resolve(ref.path), columns=config.schema.columns,
+                        header=ref.header, limit=ref.limit)
+    encoder = Encoder(config.schema).fit(data.records, textual=data.textual)
+    encoded = encoder.encode(data.records, textual=data.textual)
+    if encoded.errors:
+        reasons = Counter(e.reason for e in encoded.errors)
+        log.warning("reference: %d records could not be encoded and were left out (%s)",
+                    len(encoded.errors), dict(reasons))
+    log.info("reference fitted: %d records, %d input columns", encoded.n_ok, encoder.dim)
+    return encoder, encoded.features
+
+
+class Agent:
+    """The running agent: store, reference, pipeline, sources and metrics."""
+
+    def __init__(self, config: AgentConfig, *, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.metrics.set_config(config.sha256)
+        self.metrics.ready.set(0)
+        self.stop_event = threading.Event()
+        self.store = Store(config.storage_url())
+        self.encoder: Encoder | None = None
+        self.pipeline: Pipeline | None = None
+        self.sources: list[Source] = []
+        self.totals = RunTotals()
+
+    # --- start-up ----------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Migrate the database and fit the reference; safe to call once before any run."""
+        log.info("database %s: applying migrations", self.store.redacted_url)
+        self.store.upgrade()
+        self.encoder, reference = fit_reference(self.config)
+        self.pipeline = Pipeline(self.config, self.encoder, reference, self.store, self.metrics,
+                                 should_stop=self.stop_event.is_set)
+        active = self.store.active_model_version()
+        if active is not None:
+            self.metrics.set_model(active.version, active.algorithm, active.sha256)
+        self.metrics.ready.set(1 if self.is_ready() else 0)
+
+    def attach(self, source: Source) -> None:
+        assert self.pipeline is not None, "prepare() first"
+        self.pipeline.attach(source)
+        self.sources.append(source)
+
+    def attach_configured_sources(self) -> None:
+        for spec in self.config.sources:
+            self.attach(build_source(self.config, spec))
+
+    def is_ready(self) -> bool:
+        return self.pipeline is not None and self.store.ping() and self.store.at_head()
+
+    def readiness(self) -> dict[str, bool]:
+        """Each readiness condition on its own, for /readyz."""
+        reachable = self.store.ping()
+        checks = {
+            "reference_fitted": self.encoder is not None and self.encoder.is_fitted,
+            "database_reachable": reachable,
+            "migrations_at_head": reachable and self.store.at_head(),
+        }
+        self.metrics.ready.set(1 if all(checks.values()) else 0)
+        return checks
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def run_sources(self, *, stop_when_exhausted: bool, limit: int | None = None,
+                    on_batch: Callable[[BatchOutcome], None] | None = None) -> RunTotals:
+        """Fetch and process until stopped (or until every source is exhausted).
+
+        The stop event is checked between batches only: a batch that was fetched is always
+        processed and committed, so a stop never splits one.
+        """
+        assert self.pipeline is not None, "prepare() first"
+        cfg = self.config.pipeline
+        active = list(self.sources)
+        while not self.stop_event.is_set():
+            if not active:
+                if stop_when_exhausted:
+                    break
+                self.stop_event.wait(cfg.fetch_timeout_s)
+                continue
+            timeout = cfg.fetch_timeout_s / len(active)
+            for source in list(active):
+                if self.stop_event.is_set():
+                    break
+                want = cfg.batch_size
+                if limit is not None:
+                    want = min(want, limit - self.totals.received)
+                    if want <= 0:
+                        return self.totals
+                batch = source.fetch(want, timeout)
+                if batch.records:
+                    outcome = self.pipeline.process(source, batch)
+                    self.totals.add(outcome)
+                    if on_batch is not None:
+                        on_batch(outcome)
+                if batch.exhausted:
+                    active.remove(source)
+                    self.metrics.source_exhausted.labels(source.name).set(1)
+                    log.info("source %s: replay finished", source.name)
+                    self.totals.windows_tested += self.pipeline.test_windows()
+        return self.totals
+
+    # --- shutdown ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        for source in self.sources:
+            try:
+                source.close()
+            except Exception:  # closing is best effort; the positions are already committed
+                log.exception("closing source %s failed", source.name)
+        self.store.close()
+
+
+def default_source_name(path: Path) -> str:
+    """A source name for an ad-hoc replay file: stable, so a rerun resumes instead of repeating."""
+    stem = "".join(c if c.isalnum() or c in "_.-" else "_" for c in path.name)
+    return f"replay:{stem}"
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return predicate()
