@@ -12,7 +12,7 @@ import hmac
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, status
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,7 +35,7 @@ class LabelRequest(BaseModel):
 
 def create_app(agent: Agent) -> FastAPI:
     """The FastAPI application bound to one running agent."""
-    app = FastAPI(title="MetaSentry", version=__version__, default_response_class=ORJSONResponse)
+    app = FastAPI(title="MetaSentry", version=__version__)
     expected = agent.config.api_token
 
     def _check(credentials: HTTPAuthorizationCredentials | None) -> None:
@@ -65,11 +65,11 @@ def create_app(agent: Agent) -> FastAPI:
         return {"status": "ok", "version": __version__}
 
     @app.get("/readyz", tags=["health"])
-    def readyz() -> ORJSONResponse:
+    def readyz() -> JSONResponse:
         """Readiness: reference fitted, database reachable, migrations at head."""
         checks = agent.readiness()
         ready = all(checks.values())
-        return ORJSONResponse({"ready": ready, "checks": checks},
+        return JSONResponse({"ready": ready, "checks": checks},
                               status_code=200 if ready else 503)
 
     @app.get("/v1/incidents", tags=["incidents"], dependencies=[Depends(require_read)])

@@ -118,7 +118,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"drift windows    {summary['windows_tested']}",
         f"elapsed          {summary['elapsed_s']:.2f} s",
         f"throughput       {summary['records_per_s']:.0f} records/s",
-        f"batch latency    p50 {summary['batch_p50_ms']:.1f} ms, p95 {summary['batch_p95_ms']:.1f} ms",
+        f"batch latency    p50 {summary['batch_p50_ms']:.1f} ms, "
+        f"p95 {summary['batch_p95_ms']:.1f} ms",
     ])
 
 

@@ -320,7 +320,8 @@ def _yaml_path(loc: tuple[int | str, ...]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
             continue
-        # pydantic puts the union tag in the location of a tagged union member; the YAML has no such key.
+        # pydantic puts the union tag in the location of a tagged union member;
+        # the YAML has no such key.
         if i > 0 and isinstance(loc[i - 1], int) and part in SOURCE_TYPES:
             continue
         if part == "schema_":
@@ -377,7 +378,8 @@ def parse_config(text: str, *, source: str = "<string>", base_dir: Path = Path("
     except yaml.YAMLError as exc:
         raise ConfigError([f"{source}: invalid YAML: {exc}"]) from None
     if not isinstance(data, dict):
-        raise ConfigError([f"{source}: expected a mapping at the top level (got {type(data).__name__})"])
+        raise ConfigError([f"{source}: expected a mapping at the top level "
+                           f"(got {type(data).__name__})"])
     data = {k: v for k, v in data.items() if k not in ("base_dir", "sha256")} | {
         "base_dir": base_dir,
         "sha256": hashlib.sha256(text.encode()).hexdigest(),
@@ -407,14 +409,16 @@ def environment_errors(config: AgentConfig, *, need_token: bool = True) -> list[
                 )
     for name in _ENV_REF.findall(config.storage.url):
         if name not in os.environ:
-            errors.append(f"storage.url: environment variable {name} is not set (expected a secret)")
+            errors.append(
+                f"storage.url: environment variable {name} is not set (expected a secret)")
     if need_token and config.api.enabled and not config.api_token():
         errors.append(
             f"api.token_env: environment variable {config.api.token_env} is not set (expected the "
             "API token; write routes refuse every request without it)"
         )
     if config.model.path is not None and not config.resolve(config.model.path).is_dir():
-        errors.append(f"model.path: directory not found (got '{config.resolve(config.model.path)}')")
+        missing = config.resolve(config.model.path)
+        errors.append(f"model.path: directory not found (got '{missing}')")
     return errors
 
 

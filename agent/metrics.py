@@ -20,8 +20,8 @@ from prometheus_client import (
     Gauge,
     Histogram,
     Info,
-    ProcessCollector,
     PlatformCollector,
+    ProcessCollector,
 )
 
 from agent.version import __version__
@@ -94,7 +94,8 @@ class Metrics:
                                        "Encode, detect and commit time of one batch.", ["source"],
                                        buckets=_LATENCY_BUCKETS, registry=r)
         self.detector_p_value = Gauge("metasentry_detector_last_p_value",
-                                      "p-value of the detector's last test.", ["detector"], registry=r)
+                                      "p-value of the detector's last test.", ["detector"],
+                                      registry=r)
         self.detector_statistic = Gauge("metasentry_detector_last_statistic",
                                         "Statistic of the detector's last test.", ["detector"],
                                         registry=r)
@@ -111,7 +112,8 @@ class Metrics:
                                       "Unix time of the job's last successful run.", ["job"],
                                       registry=r)
         self.source_lag = Gauge("metasentry_source_lag_bytes",
-                                "Bytes known to the source but not yet read.", ["source"], registry=r)
+                                "Bytes known to the source but not yet read.", ["source"],
+                                registry=r)
         self.source_exhausted = Gauge("metasentry_source_exhausted",
                                       "1 when a replay source has read everything.", ["source"],
                                       registry=r)

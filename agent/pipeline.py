@@ -63,7 +63,7 @@ class BatchOutcome:
 
 @dataclass
 class _StreamState:
-    """Per-source bookkeeping that must survive between batches (and, via the position, restarts)."""
+    """Per-source state that outlives a batch (and, through the position, a restart)."""
 
     detectors: list[FeatureDriftDetector]
     window_keys: deque[tuple[str, int, Mapping[str, Any] | None]]
@@ -185,7 +185,7 @@ class Pipeline:
     def _feed_windows(self, state: _StreamState, source: Source, records: Sequence[RawRecord],
                       features: FeatureBatch, ok_index: np.ndarray,
                       base: int) -> list[tuple[DriftReport, str, int]]:
-        """Feed window detectors, cutting the batch where windows end to name each window."""
+        """Feed window detectors; each report is named after the record that closed its window."""
         if not state.detectors or len(ok_index) == 0:
             return []
         keys = [records[i].offset_key for i in ok_index]
@@ -194,13 +194,10 @@ class Pipeline:
         state.last_key = keys[-1]
         out: list[tuple[DriftReport, str, int]] = []
         for detector in state.detectors:
-            start = 0
-            while start < len(keys):
-                stop = min(len(keys), start + _records_until_report(detector))
-                reports = detector.update(features.take(np.arange(start, stop)))
-                for report in reports:
-                    out.append((report, keys[stop - 1], int(ok_index[stop - 1])))
-                start = stop
+            before = detector.records_seen
+            for report in detector.update(features):
+                last = report.records_seen - before - 1  # the record that closed this window
+                out.append((report, keys[last], int(ok_index[last])))
         state.fed_since_test = 0 if out else state.fed_since_test + len(keys)
         return out
 
@@ -214,13 +211,33 @@ class Pipeline:
             "warmup": 0,
         }
         position_at = getattr(source, "position_at", None)
-        if state.window_keys and position_at is not None:
-            oldest_key, oldest_raw, _ = state.window_keys[0]
+        if state.window_keys and state.detectors and position_at is not None:
+            oldest_key, oldest_raw, _ = state.window_keys[self._rewind_index(state)]
             rewind = position_at(oldest_key)
             if rewind is not None:
                 position["rewind"] = rewind
                 position["warmup"] = state.raw_seen - oldest_raw
         return position
+
+    @staticmethod
+    def _rewind_index(state: _StreamState) -> int:
+        """Index in ``window_keys`` of the first record of the next window to be reported.
+
+        Re-reading from there after a restart makes the detector's next report fall on exactly
+        the record it would have fallen on without the restart (its schedule is window, then
+        every step), so the windows tested, and the incidents keyed by them, are the same.
+        """
+        buffered = len(state.window_keys)
+        first = buffered
+        for detector in state.detectors:
+            seen = detector.records_seen
+            if seen < detector.window:
+                due = detector.window
+            else:
+                reports_done = (seen - detector.window) // detector.step + 1
+                due = detector.window + reports_done * detector.step
+            first = min(first, max(0, due - detector.window) - (seen - buffered))
+        return max(0, min(first, buffered - 1))
 
     # --- timer-driven tests --------------------------------------------------------------------
 
@@ -324,18 +341,6 @@ class Pipeline:
         if lag is not None:
             m.source_lag.labels(batch.source).set(lag)
         m.source_exhausted.labels(batch.source).set(1 if batch.exhausted else 0)
-
-
-def _records_until_report(detector: FeatureDriftDetector) -> int:
-    """How many more records the detector needs before its next window report.
-
-    Feeding exactly that many lets the pipeline name the record that closed each window.
-    """
-    window, step = detector.window, detector.step
-    fill, since = detector.window_fill, detector.records_since_report
-    if fill < window:
-        return window - fill
-    return max(1, step - since)
 
 
 def _sleep_unless(stop: Callable[[], bool], seconds: float) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -43,7 +43,7 @@ def guarded(name: str, job: Callable[[], object], metrics: Metrics) -> Callable[
 def build_scheduler(agent: Agent) -> BackgroundScheduler:
     """The agent's scheduler with every periodic job, not yet started."""
     cfg = agent.config.scheduler
-    scheduler = BackgroundScheduler(timezone=timezone.utc,
+    scheduler = BackgroundScheduler(timezone=UTC,
                                     job_defaults={"coalesce": True, "max_instances": 1,
                                                   "misfire_grace_time": 30})
     jobs: dict[str, tuple[Callable[[], object], float]] = {
@@ -54,7 +54,7 @@ def build_scheduler(agent: Agent) -> BackgroundScheduler:
     }
     if agent.store.dialect == "sqlite":
         jobs["wal_checkpoint"] = (agent.store.checkpoint, cfg.checkpoint_interval_s)
-    first_run = datetime.now(timezone.utc) + timedelta(seconds=1)
+    first_run = datetime.now(UTC) + timedelta(seconds=1)
     for name, (job, interval) in jobs.items():
         metrics = agent.metrics
         metrics.job_runs.labels(name)  # export the series at 0 before the first run

@@ -1,0 +1,33 @@
+"""Where records come from: files (replay or follow), stdin, and an in-memory test double.
+
+Every source implements `adapters.base.Source` and delivers `Batch`es of `RawRecord`s at least
+once; see `adapters.base` for the contract.
+"""
+
+from __future__ import annotations
+
+from adapters.base import (
+    ERROR_CODES,
+    Batch,
+    RawRecord,
+    RecordFormat,
+    Source,
+    SourceError,
+)
+from adapters.files import CsvFileSource, FileMode, JsonlFileSource
+from adapters.memory import MemorySource
+from adapters.stdin import StdinSource
+
+__all__ = [
+    "ERROR_CODES",
+    "Batch",
+    "CsvFileSource",
+    "FileMode",
+    "JsonlFileSource",
+    "MemorySource",
+    "RawRecord",
+    "RecordFormat",
+    "Source",
+    "SourceError",
+    "StdinSource",
+]

@@ -1,0 +1,127 @@
+"""The contract every record source honours, and the values it hands to the pipeline.
+
+A source delivers records *at least once*: the pipeline fetches a `Batch`, commits whatever the
+batch produced (incidents, quarantine rows and ``batch.position``) in one transaction, and only
+then calls `Source.ack`. After a crash the source is reopened with the last committed position and
+re-delivers everything after it, so a record may be seen twice but never lost. Each record carries
+an ``offset_key`` that is stable across restarts, which lets the store make incidents idempotent.
+
+Bad input never raises: a line that cannot be decoded or parsed becomes a `RawRecord` whose
+``fields`` is ``None`` and whose ``error`` is one of `ERROR_CODES`, so the pipeline can quarantine
+it and count it. `SourceError` is reserved for problems no record can carry (a replay file that
+does not exist, a CSV header that cannot be read); its message says what to do about it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Literal, Protocol, runtime_checkable
+
+RecordFormat = Literal["jsonl", "csv"]
+"""The line formats the sources understand."""
+
+ERROR_DECODE: Final = "decode"
+ERROR_NOT_JSON: Final = "not_json"
+ERROR_NOT_OBJECT: Final = "not_object"
+ERROR_CSV_COLUMNS: Final = "csv_columns"
+ERROR_OVERSIZE: Final = "oversize"
+
+ERROR_CODES: Final[frozenset[str]] = frozenset(
+    {ERROR_DECODE, ERROR_NOT_JSON, ERROR_NOT_OBJECT, ERROR_CSV_COLUMNS, ERROR_OVERSIZE}
+)
+"""Every value `RawRecord.error` can take; bounded so it can label a metric."""
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """One line of input, parsed if it could be.
+
+    Attributes
+    ----------
+    offset_key:
+        Stable identity of the line within its source (for files ``"<inode>:<byte offset>"``),
+        identical when the same line is read again after a restart; the store keys incidents by
+        it so that re-delivery does not double them.
+    raw:
+        The line as read, without its line ending (an excerpt for oversize lines; undecodable
+        bytes are shown as ``\\xNN`` escapes).
+    fields:
+        The parsed record: a JSON object, or a CSV row as ``{column: text}``. ``None`` when the
+        line could not be parsed.
+    error:
+        ``None`` for a good record, else one of `ERROR_CODES`.
+    detail:
+        One line saying what was wrong, for the analyst looking at the quarantine.
+    """
+
+    offset_key: str
+    raw: str
+    fields: dict[str, Any] | None
+    error: str | None = None
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What one `Source.fetch` returns.
+
+    Attributes
+    ----------
+    source:
+        Name of the source the records came from.
+    records:
+        The records, in source order; may be empty when nothing arrived before the timeout.
+    position:
+        JSON-serialisable point to resume from once this batch is committed (pass it to
+        `Source.open` after a restart); ``None`` when the source cannot resume (stdin) or has
+        not read anything yet.
+    textual:
+        ``True`` when field values are untyped text (CSV), so the encoder must parse numbers.
+    exhausted:
+        The source reached its end (replay mode, end of stdin) and nothing more will come.
+        An exhausted batch never carries records, so a consumer may stop as soon as it sees one.
+    """
+
+    source: str
+    records: tuple[RawRecord, ...]
+    position: dict[str, Any] | None
+    textual: bool
+    exhausted: bool = False
+
+
+class SourceError(RuntimeError):
+    """A source cannot go on; the message names the problem and what to do about it."""
+
+
+@runtime_checkable
+class Source(Protocol):
+    """A stream of records delivered at least once.
+
+    Lifecycle: ``open(position)`` once, then ``fetch``/``ack`` in a loop, then ``close``.
+    ``ack`` is called only after the store committed everything the batch produced; a source
+    must never assume that a fetched batch has been processed before it is acknowledged.
+    """
+
+    name: str
+
+    def open(self, position: Mapping[str, Any] | None) -> None:
+        """Start reading, or resume just after the last committed ``position``."""
+        ...
+
+    def fetch(self, max_records: int, timeout_s: float) -> Batch:
+        """Wait up to ``timeout_s`` for at least one record and return at most ``max_records``."""
+        ...
+
+    def ack(self, batch: Batch) -> None:
+        """Note that ``batch`` and everything before it is safely committed."""
+        ...
+
+    def close(self) -> None:
+        """Release files and handles; safe to call more than once."""
+        ...
+
+    @property
+    def lag(self) -> int | None:
+        """Bytes (or records) known to exist but not yet fetched; ``None`` if unknown."""
+        ...

@@ -1,0 +1,344 @@
+"""``metasentry meta-train`` and ``metasentry fewshot-eval``: the meta-learning commands.
+
+meta-train prepares the few-shot alert classifier on labelled data described by the config's
+schema (by default the reference file), holding out whole classes for validation and early
+stopping, and writes a verifiable model directory; re-running with the same ``--out`` resumes
+an interrupted run. fewshot-eval measures N-way K-shot accuracy, with a 95% confidence
+interval, on classes the model never saw, which is the number that says whether the model will
+adapt to the next new attack type from a few analyst labels.
+
+The commands are registered on the main ``metasentry`` group by ``agent.cli``; they do not
+import it (that module imports this one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+import orjson
+
+from agent.config import AgentConfig, ConfigError, load_config
+from agent.datafile import read_records
+from agent.logs import configure_logging
+from agent.schema import Encoder
+
+log = logging.getLogger(__name__)
+
+EXIT_CONFIG = 2
+ALGORITHM_CHOICES = ("protonet", "maml", "fomaml", "metasgd", "memory")
+CHECKPOINT_SUBDIR = "checkpoint"
+
+
+@dataclass(frozen=True)
+class LabelledData:
+    """Encoded records of a labelled file: features, labels, and where they came from."""
+
+    x: np.ndarray
+    y: np.ndarray
+    encoder: Encoder
+    path: Path
+    sha256: str
+    skipped: int
+
+
+def _load_config_or_exit(path: Path) -> AgentConfig:
+    try:
+        config = load_config(path, need_token=False)
+    except ConfigError as exc:
+        for line in exc.errors:
+            click.echo(f"error: {line}", err=True)
+        sys.exit(EXIT_CONFIG)
+    configure_logging(config.logging.level, json_format=config.logging.json_format)
+    if not config.schema.label:
+        click.echo("error: schema.label: the meta-learning commands need a label field", err=True)
+        sys.exit(EXIT_CONFIG)
+    return config
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_labelled(
+    config: AgentConfig, path: Path, header: bool, encoder: Encoder | None
+) -> LabelledData:
+    """Read and encode a labelled CSV/JSONL file; fit a new encoder unless one is given."""
+    columns = config.schema.columns
+    if not header and columns is None:
+        raise click.UsageError("a headerless CSV needs `schema.columns` in the config")
+    data = read_records(path, columns=columns, header=header)
+    if not data.records:
+        raise click.ClickException(f"{path}: no readable records")
+    if encoder is None:
+        encoder = Encoder.from_config(config.schema).fit(data.records, textual=data.textual)
+    encoded = encoder.encode(data.records, textual=data.textual)
+    labels = encoded.labels
+    if labels is None:
+        raise click.ClickException("the schema names no label field")
+    labelled = np.array([label is not None and label != "" for label in labels], dtype=bool)
+    skipped = len(data.records) - int(labelled.sum())
+    if skipped:
+        log.warning("%s: %d records skipped (unencodable or unlabelled)", path, skipped)
+    return LabelledData(
+        x=encoded.x[labelled],
+        y=labels[labelled].astype(str),
+        encoder=encoder,
+        path=path,
+        sha256=_file_sha256(path),
+        skipped=skipped,
+    )
+
+
+def _header_for(config: AgentConfig, data: Path | None, header: bool | None) -> bool:
+    if header is not None:
+        return header
+    if data is None:
+        return config.reference.header
+    return config.schema.columns is None
+
+
+class _ProgressPrinter:
+    """Progress lines on stderr: at most one every ``interval_s``, plus every validation."""
+
+    def __init__(self, interval_s: float = 2.0) -> None:
+        self.interval_s = interval_s
+        self._last = 0.0
+
+    def __call__(self, progress: Any) -> None:
+        now = time.monotonic()
+        final = progress.step == progress.steps_total
+        if progress.val_accuracy is None and not final and now - self._last < self.interval_s:
+            return
+        self._last = now
+        val = ""
+        if progress.best_val_accuracy is not None:
+            current = "" if progress.val_accuracy is None else f"val {progress.val_accuracy:.3f} "
+            val = f" {current}(best {progress.best_val_accuracy:.3f})"
+        click.echo(
+            f"step {progress.step}/{progress.steps_total} "
+            f"episodes {progress.episodes_done}/{progress.episodes_total} "
+            f"loss {progress.loss:.4f} acc {progress.accuracy:.3f}{val} "
+            f"elapsed {progress.elapsed_s:.0f}s ETA {progress.eta_s:.0f}s",
+            err=True,
+        )
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise click.BadParameter(f"expected positive integers, got {text!r}")
+    return values
+
+
+@click.command("meta-train")
+@click.option("--config", "config_path", required=True,
+              type=click.Path(path_type=Path, dir_okay=False), help="The agent's YAML config.")
+@click.option("--data", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              default=None, help="Labelled CSV/JSONL file [default: the config's reference].")
+@click.option("--header/--no-header", default=None,
+              help="Whether --data has a header row [default: no header when schema.columns].")
+@click.option("--algorithm", type=click.Choice(ALGORITHM_CHOICES), default="protonet",
+              show_default=True)
+@click.option("--episodes", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="Training episodes (tasks) in total.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Model directory; re-running with the same directory resumes.")
+@click.option("--ways", type=click.IntRange(min=2), default=5, show_default=True)
+@click.option("--shots", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--queries", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--meta-batch", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--val-classes", type=click.IntRange(min=2), default=3, show_default=True,
+              help="Classes held out of training for validation and early stopping.")
+@click.option("--benign-class", default=None,
+              help="A class (e.g. normal) always kept for training, never held out.")
+@click.option("--val-every", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Training episodes between validations (and checkpoints).")
+@click.option("--patience", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--hidden", default="256,128", show_default=True, help="MLP hidden sizes.")
+@click.option("--embedding-dim", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def meta_train(
+    config_path: Path,
+    data: Path | None,
+    header: bool | None,
+    algorithm: str,
+    episodes: int,
+    out_dir: Path,
+    ways: int,
+    shots: int,
+    queries: int,
+    meta_batch: int,
+    val_classes: int,
+    benign_class: str | None,
+    val_every: int,
+    patience: int,
+    hidden: str,
+    embedding_dim: int,
+    seed: int,
+) -> None:
+    """Meta-train a few-shot alert classifier on labelled data and save it to --out."""
+    from meta.encoders import EncoderSpec
+    from meta.episodes import EpisodeSampler, split_classes
+    from meta.learners import build_learner
+    from meta.saving import save_learner
+
+    config = _load_config_or_exit(config_path)
+    hidden_sizes = _ints(hidden)
+    path = data if data is not None else config.resolve(config.reference.path)
+    labelled = _read_labelled(config, path, _header_for(config, data, header), encoder=None)
+    try:
+        split = split_classes(labelled.y, val=val_classes, test=0, seed=seed,
+                              min_count=shots + queries,
+                              always_train=[benign_class] if benign_class else ())
+        train = EpisodeSampler(labelled.x, labelled.y, ways=ways, shots=shots, queries=queries,
+                               seed=seed, classes=split.train)
+        val = EpisodeSampler(labelled.x, labelled.y, ways=min(ways, len(split.val)), shots=shots,
+                             queries=queries, seed=seed + 1, classes=split.val)
+        spec = EncoderSpec(kind="mlp", input_shape=(int(labelled.x.shape[1]),),
+                           hidden=hidden_sizes, embedding_dim=embedding_dim)
+        learner = build_learner(algorithm, spec, seed=seed, device=config.model.device)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(
+        f"{len(labelled.y)} records, {labelled.x.shape[1]} features; training classes "
+        f"{list(split.train)}, validation classes {list(split.val)}"
+        + (f", excluded (too few records) {list(split.excluded)}" if split.excluded else ""),
+        err=True,
+    )
+    history = learner.meta_train(
+        train, episodes=episodes, meta_batch=meta_batch, val=val, val_every=val_every,
+        patience=patience, checkpoint_dir=out_dir / CHECKPOINT_SUBDIR,
+        progress=_ProgressPrinter(),
+    )
+    description = {
+        "feature_schema": config.schema.model_dump(mode="json"),
+        "encoder_state": labelled.encoder.state_dict(),
+        "label_field": config.schema.label,
+        "training_data": {"path": str(path), "sha256": labelled.sha256,
+                          "records": int(len(labelled.y))},
+        "classes": {"train": list(split.train), "val": list(split.val),
+                    "excluded": list(split.excluded)},
+        "episodes": {"ways": ways, "shots": shots, "queries": queries, "meta_batch": meta_batch,
+                     "requested": episodes, "run": history.episodes_run},
+        "validation": {"best_accuracy": history.best_val_accuracy,
+                       "best_step": history.best_step, "stopped_early": history.stopped_early},
+    }
+    digest = save_learner(learner, out_dir, description=description)
+    best = history.best_val_accuracy
+    click.echo(
+        f"saved {algorithm} model to {out_dir} (sha256 {digest}); {history.episodes_run} "
+        f"episodes, best validation accuracy "
+        f"{'n/a' if best is None else f'{best:.3f}'}"
+        + (" (stopped early)" if history.stopped_early else "")
+    )
+
+
+@click.command("fewshot-eval")
+@click.option("--config", "config_path", required=True,
+              type=click.Path(path_type=Path, dir_okay=False), help="The agent's YAML config.")
+@click.option("--model", "model_dir", required=True,
+              type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--data", required=True, type=click.Path(path_type=Path, exists=True,
+                                                       dir_okay=False))
+@click.option("--header/--no-header", default=None,
+              help="Whether --data has a header row [default: no header when schema.columns].")
+@click.option("--ways", type=click.IntRange(min=2), default=5, show_default=True)
+@click.option("--shots", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--queries", type=click.IntRange(min=1), default=15, show_default=True)
+@click.option("--episodes", type=click.IntRange(min=1), default=600, show_default=True)
+@click.option("--classes", default=None,
+              help="Comma-separated classes [default: every class the model never saw].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def fewshot_eval(
+    config_path: Path,
+    model_dir: Path,
+    data: Path,
+    header: bool | None,
+    ways: int,
+    shots: int,
+    queries: int,
+    episodes: int,
+    classes: str | None,
+    seed: int,
+    as_json: bool,
+) -> None:
+    """N-way K-shot accuracy (95% CI) of a saved model on classes it never saw."""
+    from meta.episodes import EpisodeSampler
+    from meta.saving import ModelIntegrityError, load_learner, read_model_description
+
+    config = _load_config_or_exit(config_path)
+    try:
+        model = read_model_description(model_dir)
+        learner = load_learner(model_dir, device=config.model.device)
+    except ModelIntegrityError as error:
+        raise click.ClickException(str(error)) from error
+    state = model.get("description", {}).get("encoder_state")
+    if state is None:
+        raise click.ClickException(f"{model_dir}: the model carries no encoder state")
+    labelled = _read_labelled(config, data, _header_for(config, data, header),
+                              encoder=Encoder.from_state(state))
+    seen = {str(c) for c in learner.seen_classes}
+    if classes is not None:
+        wanted = [c.strip() for c in classes.split(",") if c.strip()]
+        overlap = sorted(set(wanted) & seen)
+        if overlap:
+            log.warning("evaluating on classes the model was trained on: %s", overlap)
+    else:
+        wanted = sorted(set(labelled.y.tolist()) - seen)
+    try:
+        sampler = EpisodeSampler(labelled.x, labelled.y, ways=ways, shots=shots, queries=queries,
+                                 seed=seed, classes=wanted)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from error
+
+    started = time.perf_counter()
+    accuracies = np.empty(episodes)
+    for i in range(episodes):  # one adaptation per episode; the episode count is small
+        episode = sampler.sample()
+        adapted = learner.adapt(episode.support_x, episode.support_y)
+        accuracies[i] = np.mean(adapted.predict(episode.query_x) == episode.query_y)
+    spread = float(accuracies.std(ddof=1)) if episodes > 1 else 0.0
+    result = {
+        "model": str(model_dir),
+        "sha256": _model_sha256(model_dir),
+        "algorithm": learner.algorithm,
+        "data": str(data),
+        "ways": ways,
+        "shots": shots,
+        "queries": queries,
+        "episodes": episodes,
+        "classes": list(sampler.classes),
+        "excluded": list(sampler.excluded),
+        "accuracy": float(accuracies.mean()),
+        "ci95": float(1.96 * spread / np.sqrt(episodes)),
+        "seconds": time.perf_counter() - started,
+    }
+    if as_json:
+        click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+        return
+    click.echo(
+        f"{learner.algorithm} {ways}-way {shots}-shot on {len(sampler.classes)} unseen classes: "
+        f"accuracy {100 * result['accuracy']:.2f}% ± {100 * result['ci95']:.2f} "
+        f"(95% CI, {episodes} episodes)"
+    )
+
+
+def _model_sha256(model_dir: Path) -> str:
+    manifest = orjson.loads((model_dir / "manifest.json").read_bytes())
+    return str(manifest["sha256"])

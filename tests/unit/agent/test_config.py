@@ -1,0 +1,139 @@
+"""agent.yaml validation: each class of mistake gets its own clear line and exit code 2."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from agent.cli import main
+from agent.config import ConfigError, load_config, parse_config
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _check(path: Path, env: dict[str, str] | None = None) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["check-config", str(path)], env=env or {})
+    return result.exit_code, result.output + (result.stderr if result.stderr_bytes else "")
+
+
+@pytest.fixture
+def token(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("METASENTRY_API_TOKEN", "s3cret-token-value")
+    return "s3cret-token-value"
+
+
+def test_shipped_agent_yaml_is_valid(token: str) -> None:
+    config = load_config(REPO / "agent.yaml")
+    assert config.storage.url == "sqlite:///var/metasentry.db"
+    assert config.metrics.listen == "127.0.0.1:9108"
+    assert config.api.listen == "127.0.0.1:8080"
+    assert config.storage_url() == f"sqlite:///{REPO / 'var' / 'metasentry.db'}"
+
+
+def test_valid_file_prints_redacted_summary(write_config: Callable[..., Path], token: str) -> None:
+    path = write_config(**{"storage.url": "postgresql+psycopg://svc:hunter2@db/x"})
+    code, out = _check(path, env={"METASENTRY_API_TOKEN": token})
+    assert code == 0, out
+    assert "valid" in out and "***" in out
+    assert "hunter2" not in out and token not in out
+
+
+def test_every_structural_error_is_reported_at_once(write_config: Callable[..., Path],
+                                                    token: str) -> None:
+    path = write_config(**{
+        "detectors.feature_drift.window": "abc",
+        "detectors.feature_drift.alpha": 2,
+        "detectors.feature_drift.windw": 3,
+        "sources.0.mode": "tail",
+        "metrics.listen": "nowhere",
+    })
+    code, out = _check(path, env={"METASENTRY_API_TOKEN": token})
+    assert code == 2
+    assert "detectors.feature_drift.window: invalid value (got 'abc', expected an integer)" in out
+    assert "detectors.feature_drift.alpha: invalid value (got 2, expected a number < 1" in out
+    assert "detectors.feature_drift.windw: unknown key" in out
+    assert ("sources[0].mode: invalid value (got 'tail', expected one of 'follow' or "
+            "'replay')") in out
+    assert "metrics.listen: expected HOST:PORT" in out
+    assert "Traceback" not in out
+
+
+def test_missing_file_is_one_line(tmp_path: Path) -> None:
+    code, out = _check(tmp_path / "nope.yaml")
+    assert code == 2
+    assert "config file not found" in out and "Traceback" not in out
+
+
+def test_yaml_syntax_error_names_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("schema:\n  features: [\n    {name: a, type: numeric\nreference: 1\n")
+    code, out = _check(path)
+    assert code == 2
+    assert "invalid YAML at line 4, column" in out
+
+
+def test_missing_reference_file(write_config: Callable[..., Path], tmp_path: Path,
+                                token: str) -> None:
+    path = write_config(**{"reference.path": str(tmp_path / "absent.csv")})
+    code, out = _check(path, env={"METASENTRY_API_TOKEN": token})
+    assert code == 2
+    assert "reference.path: file not found" in out
+
+
+def test_missing_secret_in_environment(write_config: Callable[..., Path],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("METASENTRY_API_TOKEN", raising=False)
+    monkeypatch.delenv("PGPASS_FOR_TEST", raising=False)
+    path = write_config(**{"api.enabled": True,
+                           "storage.url": "postgresql+psycopg://u:${PGPASS_FOR_TEST}@h/db"})
+    code, out = _check(path, env={})
+    assert code == 2
+    assert "api.token_env: environment variable METASENTRY_API_TOKEN is not set" in out
+    assert "storage.url: environment variable PGPASS_FOR_TEST is not set" in out
+
+
+def test_unknown_source_type_and_duplicate_names() -> None:
+    text = """
+schema: {features: [{name: a, type: numeric}, {name: a, type: numeric}]}
+reference: {path: r.csv}
+sources: [{type: kafka, name: k}, {type: stdin, name: s}, {type: stdin, name: s}]
+"""
+    with pytest.raises(ConfigError) as err:
+        parse_config(text)
+    lines = err.value.errors
+    assert any(line.startswith("schema: feature names must be unique") for line in lines)
+    assert any("sources[0]: unknown type (got 'kafka'" in line for line in lines)
+
+
+def test_duplicate_source_names() -> None:
+    text = """
+schema: {features: [{name: a, type: numeric}]}
+reference: {path: r.csv}
+sources: [{type: stdin, name: s}, {type: stdin, name: s}]
+"""
+    with pytest.raises(ConfigError) as err:
+        parse_config(text)
+    assert any("source names must be unique (repeated: s)" in line for line in err.value.errors)
+
+
+def test_features_must_be_in_columns_and_tensor_needs_shape() -> None:
+    text = """
+schema:
+  columns: [a, label]
+  label: label
+  features: [{name: a, type: numeric}, {name: b, type: tensor}]
+reference: {path: r.csv}
+sources: [{type: stdin}]
+"""
+    with pytest.raises(ConfigError) as err:
+        parse_config(text)
+    joined = "\n".join(err.value.errors)
+    assert "schema.features[1]: a tensor feature needs `shape:`" in joined
+
+
+def test_top_level_must_be_a_mapping() -> None:
+    with pytest.raises(ConfigError, match="expected a mapping at the top level"):
+        parse_config("- just\n- a list\n")

@@ -1,0 +1,147 @@
+"""One suite over every learner: the contract of meta/learners/base.py as a user observes it."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from meta_testdata import ALGORITHMS, TrainedLearner, make_blobs
+
+from meta.encoders import EncoderSpec
+from meta.episodes import EpisodeSampler
+from meta.learners import Adapted, MetaLearner, ProtoNet, build_learner
+from meta.learners.maml import MAML
+from meta.learners.protonet import robust_prototypes
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_adapted_shapes_probabilities_and_labels(
+    trained_learners: dict[str, TrainedLearner], algorithm: str
+) -> None:
+    item = trained_learners[algorithm]
+    learner = item.learner
+    assert isinstance(learner, MetaLearner) and learner.algorithm == algorithm
+    blobs = item.blobs
+    pick = np.concatenate([np.flatnonzero(blobs.y == c)[:3] for c in ("class_01", "class_04")])
+    adapted = learner.adapt(blobs.x[pick], blobs.y[pick])
+    assert isinstance(adapted, Adapted)
+    assert adapted.classes == ("class_01", "class_04")
+    queries = blobs.x[:17]
+    proba = adapted.predict_proba(queries)
+    assert proba.shape == (17, 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)
+    assert set(adapted.predict(queries)) <= {"class_01", "class_04"}
+    assert adapted.unknown_score(queries).shape == (17,)
+    assert learner.embed(queries).shape == (17, 16)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_short_meta_training_lowers_the_loss(
+    trained_learners: dict[str, TrainedLearner], algorithm: str
+) -> None:
+    history = trained_learners[algorithm].history
+    assert history.steps_run == 40 and history.episodes_run == 160
+    losses = np.asarray(history.train_loss)
+    assert np.all(np.isfinite(losses))
+    assert losses[-8:].mean() < losses[:8].mean()
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_adaptation_classifies_well_separated_classes(
+    trained_learners: dict[str, TrainedLearner], algorithm: str
+) -> None:
+    learner = trained_learners[algorithm].learner
+    blobs = make_blobs(classes=5, per_class=20, dim=12, spread=6.0, seed=11)
+    sampler = EpisodeSampler(blobs.x, blobs.y, ways=5, shots=5, queries=10, seed=2)
+    accuracy = np.mean([
+        np.mean(learner.adapt(e.support_x, e.support_y).predict(e.query_x) == e.query_y)
+        for e in (sampler.sample() for _ in range(5))
+    ])
+    assert accuracy >= 0.97
+
+
+def test_protonet_is_near_perfect_on_separated_classes_with_a_random_encoder() -> None:
+    blobs = make_blobs(classes=8, per_class=25, dim=16, spread=8.0, seed=3)
+    learner = ProtoNet(EncoderSpec(kind="mlp", input_shape=(16,), hidden=(32,), embedding_dim=16))
+    sampler = EpisodeSampler(blobs.x, blobs.y, ways=5, shots=5, queries=15, seed=0)
+    correct = [
+        learner.adapt(e.support_x, e.support_y).predict(e.query_x) == e.query_y
+        for e in (sampler.sample() for _ in range(20))
+    ]
+    assert np.mean(correct) >= 0.99
+
+
+def test_robust_prototypes_survive_one_large_outlier_where_the_mean_does_not() -> None:
+    rng = np.random.default_rng(4)
+    ways, shots, dim = 5, 5, 32
+    centres = rng.normal(0, 3.0, (ways, dim))
+    labels = np.repeat(np.arange(ways), shots)
+    support = centres[labels] + rng.normal(0, 1.0, (labels.size, dim))
+    support[0] = centres[0] + 60.0 * rng.normal(0, 1.0, dim)  # one poisoned support record
+    query_labels = np.repeat(np.arange(ways), 40)
+    queries = centres[query_labels] + rng.normal(0, 1.0, (query_labels.size, dim))
+
+    def accuracy(kind: str) -> float:
+        prototypes = robust_prototypes(support, labels, ways, kind)  # type: ignore[arg-type]
+        d2 = ((queries[:, None, :] - prototypes[None]) ** 2).sum(-1)
+        return float(np.mean(d2.argmin(1) == query_labels))
+
+    assert accuracy("mean") < 0.85
+    assert accuracy("median") > 0.98
+    assert accuracy("trimmed") > 0.98
+
+
+def test_protonet_median_prototype_is_used_by_adapt() -> None:
+    spec = EncoderSpec(kind="mlp", input_shape=(4,), hidden=(8,), embedding_dim=4)
+    mean = ProtoNet(spec, prototype="mean")
+    median = ProtoNet(spec, prototype="median")
+    x = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
+    y = np.array([0, 0, 0, 1, 1, 1])
+    embedded = mean.embed(x).astype(np.float64)
+    np.testing.assert_allclose(median.adapt(x, y).prototypes[0], np.median(embedded[:3], axis=0),
+                               rtol=1e-6)
+    np.testing.assert_allclose(mean.adapt(x, y).prototypes[0], embedded[:3].mean(axis=0),
+                               rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "budget_ms"), [("protonet", 20.0), ("maml", 300.0), ("memory", 20.0)]
+)
+def test_adaptation_is_fast_on_a_5_way_5_shot_tabular_support_set(
+    algorithm: str, budget_ms: float
+) -> None:
+    dim = 122  # the width of the encoded NSL-KDD records
+    spec = EncoderSpec(kind="mlp", input_shape=(dim,), hidden=(256, 128), embedding_dim=64)
+    learner = build_learner(algorithm, spec, device="cpu")
+    learner.warmup(ways=5, shots=5)
+    rng = np.random.default_rng(0)
+    support = rng.normal(size=(25, dim)).astype(np.float32)
+    labels = np.repeat(np.arange(5), 5)
+    query = rng.normal(size=(1, dim)).astype(np.float32)
+    timings = []
+    for _ in range(7):
+        started = time.perf_counter()
+        learner.adapt(support, labels).predict_proba(query)
+        timings.append((time.perf_counter() - started) * 1e3)
+    assert np.median(timings) <= budget_ms, timings
+
+
+def test_unknown_algorithm_names_the_choices() -> None:
+    spec = EncoderSpec(kind="mlp", input_shape=(4,))
+    with pytest.raises(ValueError, match="protonet"):
+        build_learner("reptile", spec)
+
+
+def test_invalid_hyperparameters_are_refused() -> None:
+    spec = EncoderSpec(kind="mlp", input_shape=(4,))
+    with pytest.raises(ValueError, match="inner_lr"):
+        MAML(spec, inner_lr=0.0)
+    with pytest.raises(ValueError, match="prototype"):
+        ProtoNet(spec, prototype="mode")  # type: ignore[arg-type]
+
+
+def test_adapt_needs_two_classes() -> None:
+    learner = ProtoNet(EncoderSpec(kind="mlp", input_shape=(4,), hidden=(8,), embedding_dim=4))
+    with pytest.raises(ValueError, match="two distinct classes"):
+        learner.adapt(np.zeros((3, 4), np.float32), np.array(["a", "a", "a"]))
