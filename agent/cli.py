@@ -100,7 +100,7 @@ def replay(config_path: Path, limit: int | None, as_json: bool, source_name: str
 
     config = load_or_exit(config_path)
     summary = replay_file(config, path, limit=limit, source_name=source_name,
-                          progress=sys.stderr.isatty() and not as_json)
+                          progress=sys.stderr.isatty() and not as_json, tune_gc=True)
     if as_json:
         emit_json(summary)
     else:

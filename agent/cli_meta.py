@@ -314,7 +314,9 @@ def fewshot_eval(
         adapted = learner.adapt(episode.support_x, episode.support_y)
         accuracies[i] = np.mean(adapted.predict(episode.query_x) == episode.query_y)
     spread = float(accuracies.std(ddof=1)) if episodes > 1 else 0.0
-    result = {
+    accuracy = float(accuracies.mean())
+    ci95 = float(1.96 * spread / np.sqrt(episodes))
+    result: dict[str, Any] = {
         "model": str(model_dir),
         "sha256": _model_sha256(model_dir),
         "algorithm": learner.algorithm,
@@ -325,8 +327,8 @@ def fewshot_eval(
         "episodes": episodes,
         "classes": list(sampler.classes),
         "excluded": list(sampler.excluded),
-        "accuracy": float(accuracies.mean()),
-        "ci95": float(1.96 * spread / np.sqrt(episodes)),
+        "accuracy": accuracy,
+        "ci95": ci95,
         "seconds": time.perf_counter() - started,
     }
     if as_json:
@@ -334,7 +336,7 @@ def fewshot_eval(
         return
     click.echo(
         f"{learner.algorithm} {ways}-way {shots}-shot on {len(sampler.classes)} unseen classes: "
-        f"accuracy {100 * result['accuracy']:.2f}% ± {100 * result['ci95']:.2f} "
+        f"accuracy {100 * accuracy:.2f}% ± {100 * ci95:.2f} "
         f"(95% CI, {episodes} episodes)"
     )
 

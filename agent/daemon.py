@@ -25,7 +25,7 @@ from prometheus_client import start_http_server
 from agent.api import create_app
 from agent.config import AgentConfig
 from agent.scheduler import build_scheduler
-from agent.service import Agent
+from agent.service import Agent, tune_garbage_collector
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ def run_service(config: AgentConfig) -> int:
     agent = Agent(config)
     agent.prepare()
     agent.attach_configured_sources()
+    tune_garbage_collector()
 
     failures: list[BaseException] = []
 

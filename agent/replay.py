@@ -17,7 +17,7 @@ import numpy as np
 from agent.config import AgentConfig
 from agent.datafile import open_file_source
 from agent.pipeline import BatchOutcome
-from agent.service import Agent, default_source_name
+from agent.service import Agent, default_source_name, tune_garbage_collector
 
 
 class _Progress:
@@ -45,12 +45,19 @@ class _Progress:
 
 
 def replay_file(config: AgentConfig, path: Path, *, limit: int | None = None,
-                source_name: str | None = None, progress: bool = False) -> dict[str, Any]:
-    """Replay ``path`` to its end (or ``limit`` records) and return the summary."""
+                source_name: str | None = None, progress: bool = False,
+                tune_gc: bool = False) -> dict[str, Any]:
+    """Replay ``path`` to its end (or ``limit`` records) and return the summary.
+
+    ``tune_gc`` applies the daemon's garbage-collector settings (the CLI sets it; a library
+    caller keeps its interpreter's defaults).
+    """
     agent = Agent(config)
     started = time.perf_counter()
     try:
         agent.prepare()
+        if tune_gc:
+            tune_garbage_collector()
         name = source_name or default_source_name(path)
         header = True
         columns = None

@@ -336,7 +336,7 @@ def _transform(values: np.ndarray, transform: str) -> np.ndarray:
     return np.sign(values) * np.log1p(np.abs(values)) if transform == "log1p" else values
 
 
-def _to_float(raw: list[Any], textual: bool) -> tuple[np.ndarray, np.ndarray]:
+def _to_float(raw: Sequence[Any], textual: bool) -> tuple[np.ndarray, np.ndarray]:
     """Vectorised conversion with a slow path only when something is wrong."""
     n = len(raw)
     bad = np.full(n, "", dtype=object)

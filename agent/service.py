@@ -9,6 +9,7 @@ leaves a half-processed batch behind.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -58,6 +59,23 @@ class RunTotals:
         self.windows_tested += outcome.windows_tested
         if outcome.received:
             self.batch_seconds.append(outcome.seconds)
+
+
+def tune_garbage_collector() -> None:
+    """Collect less often, and never rescan what start-up built.
+
+    A batch allocates tens of thousands of short-lived dicts and strings; with the default
+    thresholds CPython runs a collection every 700 allocations and, every so often, walks the
+    whole heap, reference data included. Measured on the bundled sample this costs about a
+    quarter of the pipeline's time. Cycles are rare in this code, so fewer collections lose
+    nothing, and ``gc.freeze`` moves the objects alive after start-up out of every later scan.
+    """
+    gc.set_threshold(100_000, 50, 100)
+    gc.freeze()
+
+
+# Processes that run the pipeline (``run``, ``replay``) call tune_garbage_collector() once
+# after start-up; library users (tests, notebooks) keep the interpreter's defaults.
 
 
 def build_source(config: AgentConfig, spec: SourceConfig) -> Source:

@@ -50,7 +50,7 @@ def bench_replay(repeats: int, batch_size: int) -> dict[str, float]:
         with tempfile.TemporaryDirectory() as tmp:
             config = _config(Path(tmp), batch_size)
             started = time.perf_counter()
-            summary = replay_file(config, SAMPLE / "stream.csv.gz")
+            summary = replay_file(config, SAMPLE / "stream.csv.gz", tune_gc=True)  # as the CLI
             wall = time.perf_counter() - started
         # records/s of the streaming part: the reference fit happens once per agent start
         rates.append(summary["records"] / wall)
@@ -69,10 +69,10 @@ def bench_replay(repeats: int, batch_size: int) -> dict[str, float]:
 
 def bench_drift_test() -> dict[str, float]:
     """The feature-drift detector vs per-feature scipy calls on identical windows."""
-    from detectors.feature_drift import FeatureDriftDetector
     from scipy import stats
 
     from agent.datafile import read_records
+    from detectors.feature_drift import FeatureDriftDetector
 
     with tempfile.TemporaryDirectory() as tmp:
         config = _config(Path(tmp), 1000)

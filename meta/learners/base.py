@@ -322,12 +322,18 @@ class EpisodicLearner:
     def _compiled(self, kind: str, ways: int) -> Any:
         key = (kind, ways)
         if key not in self._steps:
-            if kind == "train":
-                self._steps[key] = tf.function(lambda *b: self._distributed_train(*b, ways=ways))
-            else:
-                self._steps[key] = tf.function(
-                    lambda *b: self._batch_loss(*b, ways=ways, training=False)
-                )
+
+            def train(
+                sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor
+            ) -> tuple[tf.Tensor, tf.Tensor]:
+                return self._distributed_train(sx, sy, qx, qy, ways=ways)
+
+            def evaluate(
+                sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor
+            ) -> tuple[tf.Tensor, tf.Tensor]:
+                return self._batch_loss(sx, sy, qx, qy, ways=ways, training=False)
+
+            self._steps[key] = tf.function(train if kind == "train" else evaluate)
         return self._steps[key]
 
     def _distributed_train(
@@ -346,8 +352,9 @@ class EpisodicLearner:
             if replicas > 1:
                 replica = tf.distribute.get_replica_context().replica_id_in_sync_group
                 batch = tuple(_replica_slice(t, replica, replicas) for t in batch)
+            sx, sy, qx, qy = batch
             with tf.GradientTape() as tape:
-                loss, accuracy = self._batch_loss(*batch, ways=ways, training=True)
+                loss, accuracy = self._batch_loss(sx, sy, qx, qy, ways=ways, training=True)
             gradients = tape.gradient(loss, variables)
             unconnected = [
                 name

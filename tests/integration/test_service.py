@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -61,7 +62,7 @@ def running_agent(write_config: Callable[..., Path], tmp_path: Path
     config_path = write_config(**{
         "metrics.enabled": True, "metrics.listen": f"127.0.0.1:{metrics_port}",
         "api.enabled": True, "api.listen": f"127.0.0.1:{api_port}",
-        "scheduler.drift_test_interval_s": 1,
+        "scheduler.drift_test_interval_s": 1, "logging.json": True,
     })
     env = os.environ | {"METASENTRY_API_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1"}
     log = tmp_path / "agent.log"
@@ -124,6 +125,11 @@ def test_service_end_to_end(running_agent: tuple[subprocess.Popen[bytes], str, s
 
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
+    log_lines = (config_path.parent / "agent.log").read_text().splitlines()
+    assert log_lines, "the agent logged nothing"
+    records = [json.loads(line) for line in log_lines]  # `logging.json: true`: one object a line
+    assert any(r["msg"].startswith("agent running") for r in records)
+    assert all(TOKEN not in line for line in log_lines), "the API token leaked into the logs"
 
 
 def test_sigterm_exits_zero_and_leaves_database_consistent(

@@ -112,3 +112,24 @@ def test_config_errors_exit_2(tmp_path: Path) -> None:
                                       str(tmp_path / "m")])
     assert result.exit_code == 2
     assert "error:" in result.output
+
+
+def test_fewshot_eval_reads_jsonl_and_honours_classes(trained_model: tuple[Path, Path],
+                                                      tmp_path: Path) -> None:
+    from agent.config import load_config
+    from agent.datafile import read_records
+
+    config_path, out = trained_model
+    config = load_config(config_path, need_token=False)
+    records = read_records(STREAM, columns=config.schema.columns, header=False).records
+    wanted = ("apache2", "mailbomb", "saint")
+    jsonl = tmp_path / "labelled.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in records if r["label"] in wanted))
+    result = CliRunner().invoke(cli, [
+        "fewshot-eval", "--config", str(config_path), "--model", str(out), "--data", str(jsonl),
+        "--ways", "3", "--episodes", "10", "--queries", "5", "--classes", ",".join(wanted),
+        "--json",
+    ])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{"):])
+    assert tuple(report["classes"]) == wanted and report["ways"] == 3
