@@ -89,6 +89,12 @@ def _read_labelled(
         raise click.ClickException("the schema names no label field")
     labelled = np.array([label is not None and label != "" for label in labels], dtype=bool)
     skipped = len(data.records) - int(labelled.sum())
+    if not labelled.any():
+        first = encoded.errors[0].detail if encoded.errors else "no label"
+        raise click.ClickException(
+            f"{path}: none of {len(data.records)} records could be encoded with a label "
+            f"(first problem: {first}); check the file against the config's schema"
+        )
     if skipped:
         log.warning("%s: %d records skipped (unencodable or unlabelled)", path, skipped)
     return LabelledData(

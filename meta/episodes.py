@@ -156,6 +156,8 @@ class EpisodeSampler:
         y = np.asarray(y)
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]} labels.")
+        if y.size == 0:
+            raise ValueError("cannot sample episodes from zero labelled records.")
         if ways < 2:
             raise ValueError(f"ways must be at least 2, got {ways}.")
         if shots < 1:

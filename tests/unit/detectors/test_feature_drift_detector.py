@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import doctest
-import time
 from typing import Any
 
 import numpy as np
@@ -326,8 +325,8 @@ def test_docstring_example_runs() -> None:
     assert result.attempted > 0 and result.failed == 0
 
 
-def test_a_window_of_41_features_is_tested_in_milliseconds() -> None:
-    """41 features (as NSL-KDD), window 1000 against reference 8000: the best of ten runs."""
+def test_a_41_feature_window_flags_a_broad_shift() -> None:
+    """41 features (as NSL-KDD), window 1000 against reference 8000 (speed: bench/)."""
     rng = np.random.default_rng(15)
     n_numeric, n_categorical = 34, 7
 
@@ -353,13 +352,4 @@ def test_a_window_of_41_features_is_tested_in_milliseconds() -> None:
     drifted = dataclasses.replace(stationary, numeric=stationary.numeric * 1.5 + 0.2)
     for window in (stationary, drifted):
         (report,) = detector.update(window)
-        timings = []
-        for _ in range(10):
-            started = time.perf_counter()
-            detector.test()
-            timings.append(time.perf_counter() - started)
-        # A few ms on an idle core; the bound leaves room for a loaded CI machine while still
-        # catching an O(n_reference * n_window) or per-record implementation (hundreds of ms),
-        # or slow tail p-values for the many drifted features of the second window.
-        assert min(timings) < 0.05
     assert sum(f.rejected for f in report.features) >= 30

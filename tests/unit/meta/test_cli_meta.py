@@ -124,7 +124,12 @@ def test_fewshot_eval_reads_jsonl_and_honours_classes(trained_model: tuple[Path,
     records = read_records(STREAM, columns=config.schema.columns, header=False).records
     wanted = ("apache2", "mailbomb", "saint")
     jsonl = tmp_path / "labelled.jsonl"
-    jsonl.write_text("".join(json.dumps(r) + "\n" for r in records if r["label"] in wanted))
+
+    def typed(record: dict[str, str]) -> dict[str, object]:
+        # JSON carries numbers as numbers (the CSV reader yields text).
+        return {k: float(v) if v.replace(".", "", 1).isdigit() else v for k, v in record.items()}
+
+    jsonl.write_text("".join(json.dumps(typed(r)) + "\n" for r in records if r["label"] in wanted))
     result = CliRunner().invoke(cli, [
         "fewshot-eval", "--config", str(config_path), "--model", str(out), "--data", str(jsonl),
         "--ways", "3", "--episodes", "10", "--queries", "5", "--classes", ",".join(wanted),
@@ -133,3 +138,16 @@ def test_fewshot_eval_reads_jsonl_and_honours_classes(trained_model: tuple[Path,
     assert result.exit_code == 0, result.output
     report = json.loads(result.output[result.output.index("{"):])
     assert tuple(report["classes"]) == wanted and report["ways"] == 3
+
+
+def test_fewshot_eval_explains_data_that_does_not_match_the_schema(
+    trained_model: tuple[Path, Path], tmp_path: Path
+) -> None:
+    config_path, out = trained_model
+    jsonl = tmp_path / "wrong.jsonl"
+    jsonl.write_text(json.dumps({"duration": "not a number", "label": "x"}) + "\n")
+    result = CliRunner().invoke(cli, [
+        "fewshot-eval", "--config", str(config_path), "--model", str(out), "--data", str(jsonl),
+    ])
+    assert result.exit_code == 1
+    assert "could be encoded" in result.output
