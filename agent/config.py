@@ -226,8 +226,9 @@ class LoggingConfig(_Model):
 
 
 class ModelConfig(_Model):
+    """Where the meta-learned classifier runs (``meta-train``, ``fewshot-eval``)."""
+
     device: Literal["auto", "cpu", "gpu"] = "auto"
-    path: Path | None = None
 
 
 class AgentConfig(_Model):
@@ -416,9 +417,6 @@ def environment_errors(config: AgentConfig, *, need_token: bool = True) -> list[
             f"api.token_env: environment variable {config.api.token_env} is not set (expected the "
             "API token; write routes refuse every request without it)"
         )
-    if config.model.path is not None and not config.resolve(config.model.path).is_dir():
-        missing = config.resolve(config.model.path)
-        errors.append(f"model.path: directory not found (got '{missing}')")
     return errors
 
 
