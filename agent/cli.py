@@ -148,9 +148,11 @@ def incidents_list(config_path: Path, kind: str | None, status: str | None,
         click.echo("no incidents")
         return
     click.echo(f"{'ID':>6}  {'CREATED':19}  {'KIND':10} {'SEVERITY':8} {'STATUS':9} "
-               f"{'SOURCE':18} SUMMARY")
+               f"{'SOURCE':18} WHAT")
     for r in rows:
-        summary = (r.explanation.get("summary") or r.record_excerpt or "")[:70]
+        top = r.explanation.get("top_features")
+        summary = ("moved: " + ", ".join(top) if top
+                   else r.explanation.get("summary") or r.record_excerpt or "")[:70]
         click.echo(f"{r.id:>6}  {r.created_at:%Y-%m-%d %H:%M:%S}  {r.kind:10} {r.severity:8} "
                    f"{r.status:9} {r.source[:18]:18} {summary}")
 

@@ -340,16 +340,20 @@ def _to_float(raw: Sequence[Any], textual: bool) -> tuple[np.ndarray, np.ndarray
     """Vectorised conversion with a slow path only when something is wrong."""
     n = len(raw)
     bad = np.full(n, "", dtype=object)
-    kinds = set(map(type, raw))
-    fast_ok = kinds <= ({str} if textual else _NUMBER_TYPES)
-    if fast_ok:
+    # Text cells (CSV) are always str, so numpy may parse them directly; a missing field is
+    # the sentinel object, which numpy refuses. Typed records (JSON) are checked first: numpy
+    # would also accept "12" or True, which a JSON number field must not.
+    if textual or set(map(type, raw)) <= _NUMBER_TYPES:
         try:
             values = np.asarray(raw, dtype=np.float64)
-        except (ValueError, OverflowError):
+        except (ValueError, TypeError, OverflowError):
             values = None
         if values is not None:
-            bad[~np.isfinite(values)] = "non_finite"
-            return np.where(bad == "", values, 0.0), bad
+            finite = np.isfinite(values)
+            if finite.all():
+                return values, bad
+            bad[~finite] = "non_finite"
+            return np.where(finite, values, 0.0), bad
     values = np.zeros(n, dtype=np.float64)
     for i, v in enumerate(raw):
         if v is _MISSING or v is None or (textual and v == ""):

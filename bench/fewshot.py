@@ -107,11 +107,11 @@ FULL = Budget(
         "metasgd": 1600,
     },
     nsl_val_every=320,
-    omniglot_meta_episodes={"protonet": 960, "fomaml": 480},
-    omniglot_val_every=160,
+    omniglot_meta_episodes={"protonet": 3200, "fomaml": 960},
+    omniglot_val_every=320,
     omniglot_gradient_20way_episodes=100,
     pretrain_epochs_nsl=12,
-    pretrain_epochs_omniglot=2,
+    pretrain_epochs_omniglot=6,
     latency_repeats=60,
     meta_batch=16,
     patience=4,
@@ -733,8 +733,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=",".join(ALL_LEARNERS),
         help=f"comma-separated subset of {','.join(ALL_LEARNERS)}",
     )
-    parser.add_argument("--skip-omniglot", action="store_true")
-    parser.add_argument("--skip-nsl-kdd", action="store_true")
+    parser.add_argument(
+        "--skip-omniglot",
+        action="store_true",
+        help="do not run Omniglot; keep its numbers from an earlier JSON in --out, if any",
+    )
+    parser.add_argument(
+        "--skip-nsl-kdd",
+        action="store_true",
+        help="do not run NSL-KDD; keep its numbers from an earlier JSON in --out, if any",
+    )
     return parser.parse_args(argv)
 
 
@@ -759,22 +767,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         "budget": to_jsonable(budget),
         "machine": _machine(),
     }
-    if not args.skip_nsl_kdd:
-        results["nsl_kdd"] = run_nsl_kdd(budget, learners, args.seed)
+    previous = _previous_results(args.out, results["mode"])
+    for section, skipped, run in (
+        ("nsl_kdd", args.skip_nsl_kdd, run_nsl_kdd),
+        ("omniglot", args.skip_omniglot, run_omniglot),
+    ):
+        if skipped:
+            if section in previous:
+                # A rerun of one section keeps the other's numbers instead of dropping them.
+                results[section] = previous[section]
+                logger.info("kept %s results from the earlier run in %s", section, args.out)
+            continue
+        results[section] = run(budget, learners, args.seed)
+        results[section]["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         _write(args.out, results)
-    if not args.skip_omniglot:
-        results["omniglot"] = run_omniglot(budget, learners, args.seed)
     results["total_seconds"] = round(time.perf_counter() - started, 1)
     _write(args.out, results)
     logger.info("done in %.0f s; results in %s", results["total_seconds"], args.out)
     return 0
 
 
+def _results_path(out: Path, mode: str) -> Path:
+    return out / f"fewshot_results{'_quick' if mode == 'quick' else ''}.json"
+
+
+def _previous_results(out: Path, mode: str) -> dict[str, Any]:
+    path = _results_path(out, mode)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def _write(out: Path, results: dict[str, Any]) -> None:
     from bench.fewshot_report import write_plots, write_tables
 
     suffix = "_quick" if results["mode"] == "quick" else ""
-    (out / f"fewshot_results{suffix}.json").write_text(
+    _results_path(out, results["mode"]).write_text(
         json.dumps(to_jsonable(results), indent=2, sort_keys=True) + "\n"
     )
     write_tables(results, out / f"fewshot_tables{suffix}.md")
