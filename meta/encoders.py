@@ -17,6 +17,7 @@ TensorShape([3, 4])
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -69,7 +70,7 @@ class EncoderSpec:
         return cls(**values)
 
 
-class Encoder:
+class Encoder(ABC):
     """Base of the functional encoders: parameter names/shapes, seeded init, forward pass."""
 
     def __init__(self, spec: EncoderSpec) -> None:
@@ -77,8 +78,9 @@ class Encoder:
         self.param_names, self.param_shapes = self._layout()
 
     @property
+    @abstractmethod
     def output_dim(self) -> int:
-        raise NotImplementedError
+        ...
 
     def init_params(self, seed: int) -> list[np.ndarray]:
         """Glorot/He-style weights from a numpy generator, so the init is bit-reproducible."""
@@ -96,11 +98,13 @@ class Encoder:
                 params.append(np.zeros(shape, np.float32))
         return params
 
+    @abstractmethod
     def forward(self, params: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _layout(self) -> tuple[list[str], list[tuple[int, ...]]]:
-        raise NotImplementedError
+        ...
 
 
 class MLPEncoder(Encoder):

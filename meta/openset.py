@@ -16,6 +16,7 @@ Example
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,13 +77,14 @@ def auroc(known_scores: np.ndarray, unknown_scores: np.ndarray) -> float:
     return float((rank_sum - unknown.size * (unknown.size + 1) / 2.0) / (known.size * unknown.size))
 
 
-class OpenSetMixin:
+class OpenSetMixin(ABC):
     """``calibrate``/``is_unknown`` for any object with an ``unknown_score(x)`` method."""
 
     _calibration: UnknownCalibration | None = None
 
+    @abstractmethod
     def unknown_score(self, x: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        ...
 
     @property
     def calibration(self) -> UnknownCalibration | None:

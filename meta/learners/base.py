@@ -23,6 +23,7 @@ Learners hold their weights as named ``tf.Variable``s created under a distributi
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,8 +117,9 @@ class AdaptedClassifier(OpenSetMixin):
         self.classes = classes
         self._calibration = None
 
+    @abstractmethod
     def logits(self, x: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        ...
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         logits = self.logits(x).astype(np.float64)
@@ -145,7 +147,7 @@ def nearest_squared_distance(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
     return np.maximum(d2, 0.0)
 
 
-class EpisodicLearner:
+class EpisodicLearner(ABC):
     """Weights, optimizer, distribution strategy and compiled steps shared by all learners.
 
     Subclasses define ``algorithm``, their extra weights (``_extra_arrays``), their
@@ -201,6 +203,7 @@ class EpisodicLearner:
     def _extra_arrays(self) -> dict[str, np.ndarray]:
         return {}
 
+    @abstractmethod
     def _batch_loss(
         self,
         support_x: tf.Tensor,
@@ -211,10 +214,10 @@ class EpisodicLearner:
         training: bool,
     ) -> tuple[tf.Tensor, tf.Tensor]:
         """Mean query loss and accuracy over a ``[T, ...]`` batch of episodes."""
-        raise NotImplementedError
 
+    @abstractmethod
     def adapt(self, support_x: np.ndarray, support_y: np.ndarray) -> AdaptedClassifier:
-        raise NotImplementedError
+        ...
 
     # -- shared behaviour --------------------------------------------------------------------
     def _initial_arrays(self) -> dict[str, np.ndarray]:
