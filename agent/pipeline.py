@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,7 +66,7 @@ class _StreamState:
     """Per-source state that outlives a batch (and, through the position, a restart)."""
 
     detectors: list[FeatureDriftDetector]
-    window_keys: deque[tuple[str, int, Mapping[str, Any] | None]]
+    window_keys: deque[tuple[str, int]]  # (offset key, raw index) of the last `window` records
     raw_seen: int = 0            # raw records read in this process, warm-up included
     warmup_remaining: int = 0    # records still to re-read for detector state only
     processed_total: int = 0     # cumulative, persisted in the position
@@ -155,8 +155,8 @@ class Pipeline:
         drift_rows: list[NewDriftReport] = []
         incidents: list[NewIncident] = []
         with self._lock:
-            for report, end_key, end_index in self._feed_windows(state, source, records,
-                                                                 encoded.features, ok_index, base):
+            for report, end_key, end_index in self._feed_windows(state, records, encoded.features,
+                                                                 ok_index, base):
                 if end_index < warm:
                     continue  # this window was committed before the restart
                 stored, incident = self.policy.drift_records(report, source=batch.source,
@@ -182,7 +182,7 @@ class Pipeline:
         self._observe_batch(batch, outcome, source)
         return outcome
 
-    def _feed_windows(self, state: _StreamState, source: Source, records: Sequence[RawRecord],
+    def _feed_windows(self, state: _StreamState, records: Sequence[RawRecord],
                       features: FeatureBatch, ok_index: np.ndarray,
                       base: int) -> list[tuple[DriftReport, str, int]]:
         """Feed window detectors; each report is named after the record that closed its window."""
@@ -190,7 +190,7 @@ class Pipeline:
             return []
         keys = [records[i].offset_key for i in ok_index]
         for key, index in zip(keys, ok_index.tolist(), strict=True):
-            state.window_keys.append((key, base + index, None))
+            state.window_keys.append((key, base + index))
         state.last_key = keys[-1]
         out: list[tuple[DriftReport, str, int]] = []
         for detector in state.detectors:
@@ -212,7 +212,7 @@ class Pipeline:
         }
         position_at = getattr(source, "position_at", None)
         if state.window_keys and state.detectors and position_at is not None:
-            oldest_key, oldest_raw, _ = state.window_keys[self._rewind_index(state)]
+            oldest_key, oldest_raw = state.window_keys[self._rewind_index(state)]
             rewind = position_at(oldest_key)
             if rewind is not None:
                 position["rewind"] = rewind
