@@ -13,7 +13,7 @@ import gc
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +48,8 @@ class RunTotals:
     incidents: Counter[str] = field(default_factory=Counter)
     duplicates: int = 0
     windows_tested: int = 0
-    batch_seconds: list[float] = field(default_factory=list)
+    # Bounded: a daemon runs for months; percentiles over the latest batches are what matter.
+    batch_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
 
     def add(self, outcome: BatchOutcome) -> None:
         self.received += outcome.received
