@@ -29,7 +29,7 @@ def _accuracy_table(
             if name not in methods:
                 methods.append(name)
     lines = ["| method | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
-    for name in methods:
+    for name in _family_order(methods):
         cells = [_cell(accuracy.get(column, {}).get(name), expected_episodes) for column in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
@@ -49,7 +49,7 @@ def write_tables(results: dict[str, Any], path: Path) -> None:
             "|---|---|---|---|---|",
         ]
         base_rate = nsl["base_rate"]
-        for name in base_rate.get("5w5s", {}):
+        for name in _family_order(list(base_rate.get("5w5s", {}))):
             cells = []
             for key in ("5w1s", "5w5s"):
                 entry = base_rate.get(key, {}).get(name)
@@ -111,6 +111,12 @@ def write_tables(results: dict[str, Any], path: Path) -> None:
 _TARGETS = {"NSL-KDD novel 5w1s": 85.0, "NSL-KDD novel 5w5s": 96.0}
 
 
+def _family_order(names: list[str]) -> list[str]:
+    """Raw baselines, then pretraining baselines, then learners (a saved JSON sorts keys)."""
+    family = {"tab:gray": 0, "tab:orange": 1, "tab:blue": 2}
+    return sorted(names, key=lambda n: family[_colour(n)])
+
+
 def _colour(method: str) -> str:
     """Grey for raw-feature baselines, orange for pretraining baselines, blue for learners."""
     if method.startswith("raw"):
@@ -138,7 +144,7 @@ def write_plots(results: dict[str, Any], out: Path, *, suffix: str = "") -> None
             len(panels), 1, figsize=(9, 2.2 + 0.45 * sum(len(p[1]) for p in panels)), squeeze=False
         )
         for ax, (title, table) in zip(axes[:, 0], panels, strict=True):
-            names = list(table)
+            names = _family_order(list(table))
             means = [100 * table[n]["mean"] for n in names]
             errors = [100 * table[n]["ci95"] for n in names]
             colours = [_colour(n) for n in names]
