@@ -27,8 +27,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(BIN)/python bench/throughput.py
-	$(BIN)/python bench/fewshot.py
+	$(BIN)/python -m bench.throughput
+	nice -n 10 $(BIN)/python -m bench.fewshot
 
 lint: $(STAMP)
 	$(BIN)/ruff check agent adapters detectors meta storage bench tests
