@@ -7,11 +7,12 @@ A configuration problem is printed as one line per error and exits 2, never as a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -80,7 +81,9 @@ def run(config_path: Path) -> None:
     from agent.daemon import run_service
 
     config = load_or_exit(config_path, need_token=True)
-    sys.exit(run_service(config))
+    with _startup_errors():
+        code = run_service(config)
+    sys.exit(code)
 
 
 @main.command()
@@ -99,12 +102,26 @@ def replay(config_path: Path, limit: int | None, as_json: bool, source_name: str
     from agent.replay import replay_file
 
     config = load_or_exit(config_path)
-    summary = replay_file(config, path, limit=limit, source_name=source_name,
-                          progress=sys.stderr.isatty() and not as_json, tune_gc=True)
+    with _startup_errors():
+        summary = replay_file(config, path, limit=limit, source_name=source_name,
+                              progress=sys.stderr.isatty() and not as_json, tune_gc=True)
     if as_json:
         emit_json(summary)
     else:
         click.echo(format_summary(summary))
+
+
+@contextlib.contextmanager
+def _startup_errors() -> Iterator[None]:
+    """A database that does not answer or an unreadable source: one line and exit 1."""
+    from adapters.base import SourceError
+    from storage import StoreUnavailable
+
+    try:
+        yield
+    except (StoreUnavailable, SourceError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -54,8 +54,34 @@ def _sd_notify(message: str) -> None:
         sock.sendto(message.encode(), address)
 
 
+def _listen_errors(config: AgentConfig) -> list[str]:
+    """Addresses the agent would listen on but cannot bind, found before anything starts.
+
+    uvicorn reports a busy port from its own thread and ends that thread only; checking first
+    turns it into one clear line and a non-zero exit instead of an agent without its API.
+    """
+    errors = []
+    endpoints = (("metrics.listen", config.metrics.enabled, config.metrics.listen),
+                 ("api.listen", config.api.enabled, config.api.listen))
+    for key, enabled, listen in endpoints:
+        if not enabled:
+            continue
+        host, port = _split(listen)
+        try:
+            with socket.create_server((host, port)):
+                pass
+        except OSError as exc:
+            errors.append(f"{key}: cannot listen on {listen} ({exc.strerror})")
+    return errors
+
+
 def run_service(config: AgentConfig) -> int:
     """Run until SIGTERM/SIGINT; returns the process exit code."""
+    errors = _listen_errors(config)
+    if errors:
+        for line in errors:
+            log.error(line)
+        return 2
     agent = Agent(config)
     agent.prepare()
     agent.attach_configured_sources()

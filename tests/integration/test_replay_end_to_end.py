@@ -94,3 +94,11 @@ def test_reference_like_stream_raises_no_drift(write_config: Callable[..., Path]
     # The reference file is ordered as drawn from the training file, so windows are close to
     # exchangeable with it; at alpha = 0.01 per window, more than one alarm would be suspicious.
     assert summary["incidents"].get("drift", 0) <= 1
+
+
+def test_dead_database_at_start_is_one_line(write_config: Callable[..., Path]) -> None:
+    config_path = write_config(**{"storage.url": "postgresql+psycopg://postgres@127.0.0.1:1/x"})
+    result = CliRunner().invoke(main, ["replay", "--config", str(config_path),
+                                       str(SAMPLE / "stream.csv.gz")])
+    assert result.exit_code == 1
+    assert "is unavailable" in result.output and "Traceback" not in result.output

@@ -150,3 +150,18 @@ def test_sigterm_exits_zero_and_leaves_database_consistent(
     assert position is not None
     assert position["processed"] + position["rejected"] > 0
     assert sum(store.count_quarantine().values()) == position["rejected"]
+
+
+def test_a_busy_port_is_one_clear_error(write_config: Callable[..., Path]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        config_path = write_config(**{"api.enabled": True, "api.listen": f"127.0.0.1:{port}"})
+        env = os.environ | {"METASENTRY_API_TOKEN": TOKEN}
+        result = subprocess.run([sys.executable, "-m", "agent", "run", "--config",
+                                 str(config_path)], env=env, capture_output=True, text=True,
+                                timeout=120)
+    assert result.returncode == 2
+    assert f"api.listen: cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
