@@ -8,6 +8,7 @@ drops the duplicate.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from agent.config import IncidentPolicyConfig
@@ -24,8 +25,9 @@ class IncidentPolicy:
     def drift_severity(self, report: DriftReport) -> str:
         return "high" if report.p_value <= self.config.drift_high_severity_p else "medium"
 
-    def drift_records(self, report: DriftReport, *, source: str,
-                      window_end_key: str) -> tuple[NewDriftReport, NewIncident | None]:
+    def drift_records(self, report: DriftReport, *, source: str, window_end_key: str,
+                      span: Mapping[str, Any] | None = None,
+                      ) -> tuple[NewDriftReport, NewIncident | None]:
         """The stored report for every tested window, and an incident only when it rejects."""
         details = report.to_dict()
         stored = NewDriftReport(
@@ -51,6 +53,7 @@ class IncidentPolicy:
             "correction": report.correction,
             "n_window": report.n_window,
             "n_reference": report.n_reference,
+            "window": dict(span or {}),  # which records: offsets, ids and times when known
         }
         incident = NewIncident(
             kind="drift",

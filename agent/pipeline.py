@@ -30,7 +30,7 @@ from adapters.base import Batch, RawRecord, Source
 from agent.config import AgentConfig
 from agent.incidents import IncidentPolicy
 from agent.metrics import Metrics
-from agent.schema import Encoder
+from agent.schema import Encoded, Encoder
 from detectors.base import FeatureBatch
 from detectors.feature_drift import DriftReport, FeatureDriftDetector
 from storage import (
@@ -66,7 +66,9 @@ class _StreamState:
     """Per-source state that outlives a batch (and, through the position, a restart)."""
 
     detectors: list[FeatureDriftDetector]
-    window_keys: deque[tuple[str, int]]  # (offset key, raw index) of the last `window` records
+    # (offset key, raw index, id, timestamp) of the latest records fed to the detectors: at
+    # least a window and a batch, so every window reported in a batch can be named end to end.
+    window_keys: deque[tuple[str, int, str | None, str | None]]
     raw_seen: int = 0            # raw records read in this process, warm-up included
     warmup_remaining: int = 0    # records still to re-read for detector state only
     processed_total: int = 0     # cumulative, persisted in the position
@@ -97,7 +99,8 @@ class Pipeline:
         """Open a source where the last commit left it, rebuilding window state if needed."""
         position = self.store.load_position(source.name) or {}
         state = _StreamState(detectors=self._new_detectors(),
-                             window_keys=deque(maxlen=self._window_size()))
+                             window_keys=deque(maxlen=self._window_size()
+                                               + self.config.pipeline.batch_size))
         state.processed_total = int(position.get("processed", 0))
         state.rejected_total = int(position.get("rejected", 0))
         if position.get("rewind") is not None and state.detectors:
@@ -155,12 +158,12 @@ class Pipeline:
         drift_rows: list[NewDriftReport] = []
         incidents: list[NewIncident] = []
         with self._lock:
-            for report, end_key, end_index in self._feed_windows(state, records, encoded.features,
-                                                                 ok_index, base):
+            for report, end_key, end_index, span in self._feed_windows(
+                    state, records, encoded, ok_index, base):
                 if end_index < warm:
                     continue  # this window was committed before the restart
                 stored, incident = self.policy.drift_records(report, source=batch.source,
-                                                             window_end_key=end_key)
+                                                             window_end_key=end_key, span=span)
                 drift_rows.append(stored)
                 if incident is not None:
                     incidents.append(incident)
@@ -183,21 +186,29 @@ class Pipeline:
         return outcome
 
     def _feed_windows(self, state: _StreamState, records: Sequence[RawRecord],
-                      features: FeatureBatch, ok_index: np.ndarray,
-                      base: int) -> list[tuple[DriftReport, str, int]]:
-        """Feed window detectors; each report is named after the record that closed its window."""
+                      encoded: Encoded, ok_index: np.ndarray,
+                      base: int) -> list[tuple[DriftReport, str, int, dict[str, Any]]]:
+        """Feed window detectors; each report is named after the record that closed its window.
+
+        The span says which records a window covered (first and last offset key, and the
+        schema's id and timestamp fields when it names them), so an analyst can go and look.
+        """
         if not state.detectors or len(ok_index) == 0:
             return []
         keys = [records[i].offset_key for i in ok_index]
-        for key, index in zip(keys, ok_index.tolist(), strict=True):
-            state.window_keys.append((key, base + index))
+        n = len(keys)
+        ids = encoded.ids if encoded.ids is not None else [None] * n
+        times = encoded.times if encoded.times is not None else [None] * n
+        state.window_keys.extend(zip(keys, (base + ok_index).tolist(), ids, times, strict=True))
         state.last_key = keys[-1]
-        out: list[tuple[DriftReport, str, int]] = []
+        out: list[tuple[DriftReport, str, int, dict[str, Any]]] = []
         for detector in state.detectors:
             before = detector.records_seen
-            for report in detector.update(features):
+            for report in detector.update(encoded.features):
                 last = report.records_seen - before - 1  # the record that closed this window
-                out.append((report, keys[last], int(ok_index[last])))
+                end = len(state.window_keys) - (n - last)
+                out.append((report, keys[last], int(ok_index[last]),
+                            _span(state.window_keys, end - report.n_window + 1, end)))
         state.fed_since_test = 0 if out else state.fed_since_test + len(keys)
         return out
 
@@ -212,7 +223,7 @@ class Pipeline:
         }
         position_at = getattr(source, "position_at", None)
         if state.window_keys and state.detectors and position_at is not None:
-            oldest_key, oldest_raw = state.window_keys[self._rewind_index(state)]
+            oldest_key, oldest_raw, _, _ = state.window_keys[self._rewind_index(state)]
             rewind = position_at(oldest_key)
             if rewind is not None:
                 position["rewind"] = rewind
@@ -259,8 +270,11 @@ class Pipeline:
                     report = detector.test()
                     if report is None:
                         continue
+                    end = len(state.window_keys) - 1
+                    span = _span(state.window_keys, end - report.n_window + 1, end)
                     stored, incident = self.policy.drift_records(report, source=name,
-                                                                 window_end_key=state.last_key)
+                                                                 window_end_key=state.last_key,
+                                                                 span=span)
                     drift_rows.append(stored)
                     if incident is not None:
                         incidents.append(incident)
@@ -341,6 +355,19 @@ class Pipeline:
         if lag is not None:
             m.source_lag.labels(batch.source).set(lag)
         m.source_exhausted.labels(batch.source).set(1 if batch.exhausted else 0)
+
+
+def _span(entries: deque[tuple[str, int, str | None, str | None]], first: int,
+          last: int) -> dict[str, Any]:
+    """First and last record of a window, as far as the buffer still remembers them."""
+    start = entries[max(first, 0)]
+    end = entries[last]
+    span: dict[str, Any] = {"first_offset": start[0], "last_offset": end[0]}
+    if end[2] is not None:
+        span |= {"first_id": start[2], "last_id": end[2]}
+    if end[3] is not None:
+        span |= {"first_time": start[3], "last_time": end[3]}
+    return span
 
 
 def _sleep_unless(stop: Callable[[], bool], seconds: float) -> None:

@@ -54,6 +54,8 @@ class Encoded:
     errors: list[RecordError]
     features: FeatureBatch
     labels: np.ndarray | None  # object [n_ok] (str or None) when the schema names a label
+    ids: np.ndarray | None = None  # object [n_ok], the schema's `id:` field, when it names one
+    times: np.ndarray | None = None  # object [n_ok], the schema's `timestamp:` field, as given
 
     @property
     def n_ok(self) -> int:
@@ -227,17 +229,21 @@ class Encoder:
             ),
             encoded=x,
         )
-        return Encoded(x=x, ok=ok, errors=errors, features=batch, labels=self._labels(records, ok))
+        return Encoded(x=x, ok=ok, errors=errors, features=batch,
+                       labels=self._optional_field(self.schema.label, records, ok),
+                       ids=self._optional_field(self.schema.id, records, ok),
+                       times=self._optional_field(self.schema.timestamp, records, ok))
 
     def labels(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """The label field of every record (None where absent), as an object array."""
         if not self.schema.label:
             raise ValueError("the schema names no `label:` field")
-        name = self.schema.label
-        return np.array([_label_text(r.get(name)) for r in records], dtype=object)
+        return _text_field(self.schema.label, records)
 
-    def _labels(self, records: Sequence[Mapping[str, Any]], ok: np.ndarray) -> np.ndarray | None:
-        return self.labels(records)[ok] if self.schema.label else None
+    @staticmethod
+    def _optional_field(name: str | None, records: Sequence[Mapping[str, Any]],
+                        ok: np.ndarray) -> np.ndarray | None:
+        return _text_field(name, records)[ok] if name else None
 
     def _numeric_column(self, spec: FeatureSpec, raw: Sequence[Any],
                         textual: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -322,6 +328,11 @@ def _columns(records: Sequence[Mapping[str, Any]], names: list[str]) -> dict[str
     if len(names) == 1:
         return {names[0]: rows}
     return dict(zip(names, zip(*rows, strict=True), strict=True))
+
+
+def _text_field(name: str, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """A pass-through field (label, id, timestamp) of every record, as text or None."""
+    return np.array([_label_text(r.get(name)) for r in records], dtype=object)
 
 
 def _label_text(value: Any) -> str | None:

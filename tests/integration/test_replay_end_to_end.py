@@ -102,3 +102,43 @@ def test_dead_database_at_start_is_one_line(write_config: Callable[..., Path]) -
                                        str(SAMPLE / "stream.csv.gz")])
     assert result.exit_code == 1
     assert "is unavailable" in result.output and "Traceback" not in result.output
+
+
+def test_drift_incident_names_its_window_by_id_and_time(tmp_path: Path) -> None:
+    """With `id:` and `timestamp:` in the schema, an incident says which records it covers."""
+    import numpy as np
+    import orjson
+    import yaml
+
+    rng = np.random.default_rng(3)
+
+    def rows(start: int, n: int, shift: float) -> list[bytes]:
+        return [orjson.dumps({"rid": f"r{start + i}", "ts": f"t{start + i:05d}",
+                              "x": float(rng.normal(shift)), "label": "a"})
+                for i in range(n)]
+
+    (tmp_path / "ref.jsonl").write_bytes(b"\n".join(rows(0, 2000, 0.0)) + b"\n")
+    (tmp_path / "stream.jsonl").write_bytes(b"\n".join(rows(0, 400, 0.0) + rows(400, 400, 3.0))
+                                            + b"\n")
+    config = {
+        "schema": {"id": "rid", "timestamp": "ts", "label": "label",
+                   "features": [{"name": "x", "type": "numeric"}]},
+        "reference": {"path": str(tmp_path / "ref.jsonl")},
+        "sources": [{"type": "stdin"}],
+        "storage": {"url": f"sqlite:///{tmp_path / 'w.db'}"},
+        "detectors": {"feature_drift": {"window": 200, "step": 200, "min_window": 50}},
+        "pipeline": {"batch_size": 150},
+        "metrics": {"enabled": False}, "api": {"enabled": False},
+    }
+    config_path = tmp_path / "w.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(main, ["replay", "--config", str(config_path), "--json",
+                                       str(tmp_path / "stream.jsonl")])
+    assert result.exit_code == 0, result.output
+    store = Store(load_config(config_path, need_token=False).storage_url())
+    windows = sorted(i.explanation["window"]["last_id"] for i in store.list_incidents())
+    assert windows == ["r599", "r799"]  # the two windows entirely after the shift
+    first = next(i for i in store.list_incidents()
+                 if i.explanation["window"]["last_id"] == "r599").explanation["window"]
+    assert first["first_id"] == "r400" and first["first_time"] == "t00400"
+    assert first["last_time"] == "t00599"
