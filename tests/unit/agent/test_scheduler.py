@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -75,7 +75,7 @@ def test_agent_jobs_purge_old_rows_and_checkpoint(write_config: Callable[..., Pa
                          need_token=False)
     agent = Agent(config)
     agent.prepare()
-    old = datetime.now(timezone.utc) - timedelta(days=3)
+    old = datetime.now(UTC) - timedelta(days=3)
     agent.store.commit_batch(source="s", position=None, incidents=[
         NewIncident(kind="drift", severity="low", source="s", offset_key="old", detector="d",
                     created_at=old),
