@@ -383,6 +383,31 @@ class EpisodicLearner(ABC):
         return loss, accuracy
 
 
+def embed_episodes(
+    forward: Callable[[tf.Tensor], tf.Tensor], support_x: tf.Tensor, query_x: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Support ``[T, K, d]`` and query ``[T, M, d]`` embeddings from one pass of ``forward``.
+
+    Every record of every task goes through the encoder in a single batch: one large matmul
+    chain instead of 2·T small ones.
+    """
+    tasks, n_support = support_x.shape[0], support_x.shape[1]
+    n_query = query_x.shape[1]
+    feature_shape = support_x.shape[2:]
+    flat = tf.concat(
+        [
+            tf.reshape(support_x, [tasks * n_support, *feature_shape]),
+            tf.reshape(query_x, [tasks * n_query, *feature_shape]),
+        ],
+        axis=0,
+    )
+    embedded = forward(flat)
+    dim = embedded.shape[-1]
+    support = tf.reshape(embedded[: tasks * n_support], [tasks, n_support, dim])
+    query = tf.reshape(embedded[tasks * n_support :], [tasks, n_query, dim])
+    return support, query
+
+
 def query_accuracy(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
     return tf.reduce_mean(tf.cast(tf.equal(predicted, labels), tf.float32))

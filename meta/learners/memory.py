@@ -28,6 +28,7 @@ from meta.encoders import EncoderSpec
 from meta.learners.base import (
     AdaptedClassifier,
     EpisodicLearner,
+    embed_episodes,
     encode_support_labels,
     nearest_squared_distance,
     query_accuracy,
@@ -127,20 +128,7 @@ class MemoryLearner(EpisodicLearner):
         ways: int,
         training: bool,
     ) -> tuple[tf.Tensor, tf.Tensor]:
-        tasks, n_support = support_x.shape[0], support_x.shape[1]
-        n_query = query_x.shape[1]
-        feature_shape = support_x.shape[2:]
-        flat = tf.concat(
-            [
-                tf.reshape(support_x, [tasks * n_support, *feature_shape]),
-                tf.reshape(query_x, [tasks * n_query, *feature_shape]),
-            ],
-            axis=0,
-        )
-        projected = self._project_tensor(flat)
-        dim = projected.shape[-1]
-        keys = tf.reshape(projected[: tasks * n_support], [tasks, n_support, dim])
-        queries = tf.reshape(projected[tasks * n_support :], [tasks, n_query, dim])
+        keys, queries = embed_episodes(self._project_tensor, support_x, query_x)
         distances = (
             tf.reduce_sum(tf.square(queries), -1)[..., None]
             - 2.0 * tf.einsum("tmd,tkd->tmk", queries, keys)

@@ -30,6 +30,7 @@ from meta.encoders import EncoderSpec
 from meta.learners.base import (
     AdaptedClassifier,
     EpisodicLearner,
+    embed_episodes,
     encode_support_labels,
     nearest_squared_distance,
     query_accuracy,
@@ -124,21 +125,9 @@ class ProtoNet(EpisodicLearner):
         ways: int,
         training: bool,
     ) -> tuple[tf.Tensor, tf.Tensor]:
-        tasks, n_support = support_x.shape[0], support_x.shape[1]
-        n_query = query_x.shape[1]
-        feature_shape = support_x.shape[2:]
-        # One encoder pass over every record of every task.
-        flat = tf.concat(
-            [
-                tf.reshape(support_x, [tasks * n_support, *feature_shape]),
-                tf.reshape(query_x, [tasks * n_query, *feature_shape]),
-            ],
-            axis=0,
+        support, query = embed_episodes(
+            lambda flat: self.encoder.forward(self._encoder_params(), flat), support_x, query_x
         )
-        embedded = self.encoder.forward(self._encoder_params(), flat)
-        dim = embedded.shape[-1]
-        support = tf.reshape(embedded[: tasks * n_support], [tasks, n_support, dim])
-        query = tf.reshape(embedded[tasks * n_support :], [tasks, n_query, dim])
         logits = -prototype_distances(support, support_y, query, ways)
         return query_cross_entropy(logits, query_y), query_accuracy(logits, query_y)
 
