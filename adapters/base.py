@@ -6,6 +6,11 @@ then calls `Source.ack`. After a crash the source is reopened with the last comm
 re-delivers everything after it, so a record may be seen twice but never lost. Each record carries
 an ``offset_key`` that is stable across restarts, which lets the store make incidents idempotent.
 
+Data a source knows it can no longer read (a rotated file deleted before its end was reached,
+a file truncated under the reader) is not silently passed over: the source logs a WARNING and
+counts the bytes by one of `SKIP_REASONS` (``take_skipped`` on the file sources), and the
+pipeline exports that count.
+
 Bad input never raises: a line that cannot be decoded or parsed becomes a `RawRecord` whose
 ``fields`` is ``None`` and whose ``error`` is one of `ERROR_CODES`, so the pipeline can quarantine
 it and count it. `SourceError` is reserved for problems no record can carry (a replay file that
@@ -26,11 +31,39 @@ ERROR_NOT_JSON: Final = "not_json"
 ERROR_NOT_OBJECT: Final = "not_object"
 ERROR_CSV_COLUMNS: Final = "csv_columns"
 ERROR_OVERSIZE: Final = "oversize"
+ERROR_BLANK: Final = "blank"
+"""A non-empty line of nothing but whitespace or control characters (``"\\x1c"``, U+2028...).
+
+Only a line of zero bytes (or a lone ``"\\r"``) carries nothing and is skipped; anything else
+is accounted for, so a writer emitting separators or padding shows up in the quarantine."""
 
 ERROR_CODES: Final[frozenset[str]] = frozenset(
-    {ERROR_DECODE, ERROR_NOT_JSON, ERROR_NOT_OBJECT, ERROR_CSV_COLUMNS, ERROR_OVERSIZE}
+    {
+        ERROR_DECODE,
+        ERROR_NOT_JSON,
+        ERROR_NOT_OBJECT,
+        ERROR_CSV_COLUMNS,
+        ERROR_OVERSIZE,
+        ERROR_BLANK,
+    }
 )
 """Every value `RawRecord.error` can take; bounded so it can label a metric."""
+
+SKIP_ROTATED_MISSING: Final = "rotated_missing"
+"""The file being read was rotated away and then deleted before its end was read."""
+SKIP_TRUNCATED: Final = "truncated"
+"""The file was truncated in place (``copytruncate``) before its end was read."""
+SKIP_REPLACED: Final = "replaced"
+"""Another file took the place (and the inode) of the one being read before its end was read."""
+SKIP_UNREADABLE: Final = "unreadable"
+"""A rotated file could not be read to its end (a corrupt or half-written ``.gz``)."""
+SKIP_COMPRESSED: Final = "compressed"
+"""A generation rotated after the one being read was compressed before it could be read."""
+
+SKIP_REASONS: Final[frozenset[str]] = frozenset(
+    {SKIP_ROTATED_MISSING, SKIP_TRUNCATED, SKIP_REPLACED, SKIP_UNREADABLE, SKIP_COMPRESSED}
+)
+"""Why a source skipped bytes it could not read; bounded so it can label a metric."""
 
 
 class RawRecord(NamedTuple):
@@ -42,9 +75,11 @@ class RawRecord(NamedTuple):
     Attributes
     ----------
     offset_key:
-        Stable identity of the line within its source (for files ``"<inode>:<byte offset>"``),
-        identical when the same line is read again after a restart; the store keys incidents by
-        it so that re-delivery does not double them.
+        Stable identity of the line within its source (for files
+        ``"<generation>:<byte offset>"``, see `adapters.files`), identical when the same line is
+        read again after a restart and different for a line at the same offset of another file
+        generation; the store keys incidents and quarantine rows by it, so re-delivery does not
+        double them and a new file does not collide with an old one.
     raw:
         The line as read, without its line ending (an excerpt for oversize lines; undecodable
         bytes are shown as ``\\xNN`` escapes).

@@ -1,11 +1,20 @@
 """Record sources reading JSON Lines or CSV files, in replay or follow mode.
 
-Both share `FileTail` for reading and differ only in how lines become records. Offsets are
-``"<inode>:<byte offset of the line start>"`` and a batch's position is
-``{"path": ..., "inode": ..., "offset": <byte offset after the batch's last line>}``, so a
-restarted daemon resumes exactly after the last committed batch as long as the file is the same
-inode; if it is not (the file was rotated while the daemon was down), the current file is read
-from its start. The first `open` without a position also reads from the start of the file.
+Both share `FileTail` for reading and differ only in how lines become records. Offset keys
+are ``"<generation>:<byte offset of the line start>"``, the generation being
+``"<inode>-<fingerprint prefix>-<epoch>"`` (see `adapters._identity`): the same line of the
+same file gets the same key after a restart, and a line at the same offset of a later file
+(a reused inode, a truncated and rewritten file) gets another, so the store neither doubles the
+one nor drops the other as a duplicate.
+
+A batch's position is ``{"path", "inode", "offset", "fingerprint", "fingerprint_bytes",
+"epoch", "size", "mtime_ns"}``, ``offset`` being the byte offset after the batch's last line.
+A restarted daemon resumes exactly after the last committed batch if the file it names is
+still at the path; if the file was rotated while the daemon was down, it finishes the rotated
+file (found among the path's siblings) and the files rotated after it before reading the new
+one from its start; whatever can no longer be read is counted (`take_skipped`) and logged.
+A position written before fingerprints existed (``{"path", "inode", "offset"}``) still
+resumes, trusting inode and size. The first `open` without a position reads from the start.
 """
 
 from __future__ import annotations
@@ -16,8 +25,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from adapters._identity import StoredPosition
 from adapters._lines import LineBlock
-from adapters._tail import FileTail
+from adapters._tail import FileLines, FileTail
 from adapters.base import Batch, SourceError
 from adapters.parsing import CsvParser, JsonlParser, RecordParser
 
@@ -27,10 +37,27 @@ FileMode = Literal["follow", "replay"]
 _MODES: tuple[FileMode, ...] = ("follow", "replay")
 
 
-def file_offset_keys(inode: int, block: LineBlock) -> list[str]:
-    """``"<inode>:<start>"`` for every line of ``block``."""
-    prefix = f"{inode}:"
+def file_offset_keys(generation_id: str, block: LineBlock) -> list[str]:
+    """``"<generation id>:<start>"`` for every line of ``block``."""
+    prefix = f"{generation_id}:"
     return [prefix + str(start) for start in block.starts]
+
+
+def file_position(path: Path, lines: FileLines) -> dict[str, Any]:
+    """The JSON position from which `open` reads the line after ``lines`` next."""
+    generation = lines.generation
+    position: dict[str, Any] = {
+        "path": str(path),
+        "inode": generation.inode,
+        "offset": lines.block.end,
+        "fingerprint": generation.fingerprint,
+        "fingerprint_bytes": generation.fingerprint_bytes,
+        "epoch": generation.epoch,
+        "mtime_ns": lines.mtime_ns,
+    }
+    if lines.size is not None:
+        position["size"] = lines.size
+    return position
 
 
 class _FileSource:
@@ -71,6 +98,19 @@ class _FileSource:
         return self._tail.lag if self._opened else None
 
     @property
+    def skipped(self) -> Mapping[str, int]:
+        """Bytes this source knows it could not read, by reason (`adapters.base.SKIP_REASONS`).
+
+        Cumulative since the source was created: a rotated file deleted before its end was
+        read, a file truncated before its end was read, another file in its place.
+        """
+        return self._tail.skipped
+
+    def take_skipped(self) -> dict[str, int]:
+        """Bytes skipped since the previous call, by reason; the pipeline adds them to a counter."""
+        return self._tail.take_skipped()
+
+    @property
     def committed_position(self) -> dict[str, Any] | None:
         """Position of the last acknowledged batch."""
         return None if self._committed is None else dict(self._committed)
@@ -85,8 +125,8 @@ class _FileSource:
         """
         if self._opened:
             raise RuntimeError(f"source {self.name!r} is already open.")
-        inode, offset = self._parse_position(position)
-        if inode is not None and position is not None and position.get("path") != str(self.path):
+        stored = self._parse_position(position)
+        if stored is not None and position is not None and position.get("path") != str(self.path):
             logger.info(
                 "source %r: stored position was for %s, now reading %s; resuming only if it is "
                 "the same file",
@@ -94,14 +134,11 @@ class _FileSource:
                 position.get("path"),
                 self.path,
             )
-        self._tail.open(inode, offset)
+        self._tail.open(stored)
         self._opened = True
         if self._tail.inode is not None and self._tail.consumed > 0:
-            self._position = {
-                "path": str(self.path),
-                "inode": self._tail.inode,
-                "offset": self._tail.consumed,
-            }
+            assert position is not None
+            self._position = dict(position)
             self._resumed_mid_file(self._tail)
 
     def _resumed_mid_file(self, tail: FileTail) -> None:
@@ -121,8 +158,9 @@ class _FileSource:
             lines = self._tail.read(max_records)
             if lines is not None:
                 block = lines.block
-                records = self._parser.parse(block, file_offset_keys(lines.inode, block))
-                self._position = {"path": str(self.path), "inode": lines.inode, "offset": block.end}
+                keys = file_offset_keys(lines.generation.id, block)
+                records = self._parser.parse(block, keys)
+                self._position = file_position(self.path, lines)
                 if records:
                     return Batch(self.name, tuple(records), dict(self._position), textual)
                 continue
@@ -148,27 +186,55 @@ class _FileSource:
         """The position from which `open` reads the record ``offset_key`` next.
 
         The pipeline stores it to rebuild windowed detector state after a restart: it rewinds
-        to the oldest record still in a window, not just to the last commit.
+        to the oldest record still in a window, not just to the last commit. ``None`` for a key
+        of a generation this source no longer remembers.
         """
-        inode, _, offset = offset_key.partition(":")
-        if not (inode.isdigit() and offset.isdigit()):
+        generation_id, _, offset = offset_key.rpartition(":")
+        known = self._tail.known_generation(generation_id)
+        if known is None or not offset.isdigit():
             return None
-        return {"path": str(self.path), "inode": int(inode), "offset": int(offset)}
+        generation, mtime_ns = known
+        # No "size": the bytes after this offset were committed already; should the file be
+        # gone at the restart, they must not be counted as lost.
+        return {
+            "path": str(self.path),
+            "inode": generation.inode,
+            "offset": int(offset),
+            "fingerprint": generation.fingerprint,
+            "fingerprint_bytes": generation.fingerprint_bytes,
+            "epoch": generation.epoch,
+            "mtime_ns": mtime_ns,
+        }
+
+    def can_resume(self, position: Mapping[str, Any]) -> bool:
+        """Whether `open` would resume exactly at ``position`` (its file is still readable).
+
+        A caller holding two positions (the pipeline's window rewind and its last commit) opens
+        the older one only if this is ``True``: otherwise the records it expects to re-read
+        before the commit are no longer there.
+
+        Raises
+        ------
+        SourceError
+            When ``position`` is malformed.
+        """
+        stored = self._parse_position(position)
+        assert stored is not None
+        return self._tail.can_resume(stored)
 
     def _position_copy(self) -> dict[str, Any] | None:
         return None if self._position is None else dict(self._position)
 
-    def _parse_position(self, position: Mapping[str, Any] | None) -> tuple[int | None, int]:
+    def _parse_position(self, position: Mapping[str, Any] | None) -> StoredPosition | None:
         if position is None:
-            return None, 0
-        inode = position.get("inode")
-        offset = position.get("offset")
-        if not (isinstance(inode, int) and isinstance(offset, int) and inode >= 0 and offset >= 0):
+            return None
+        try:
+            return StoredPosition.parse(position)
+        except ValueError as exc:
             raise SourceError(
                 f"source {self.name!r}: stored position {dict(position)!r} is not a file "
-                "position ({'path', 'inode', 'offset'}); delete it to read the file from the start."
-            )
-        return inode, offset
+                f"position ({exc}); delete it to read the file from the start."
+            ) from exc
 
 
 class JsonlFileSource(_FileSource):

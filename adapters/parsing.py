@@ -1,9 +1,15 @@
 """Turning blocks of lines into `RawRecord`s: JSON Lines and CSV, shared by every source.
 
 Parsing never raises on bad input; each bad line becomes an error record (see
-`adapters.base.ERROR_CODES`). Blank lines separate nothing and carry nothing, so they are skipped
-rather than reported. A UTF-8 byte-order mark at the very start of a stream is dropped, because
-spreadsheet exports put one there.
+`adapters.base.ERROR_CODES`). Only an empty line (zero bytes, or a lone ``\\r``) carries nothing
+and is skipped; a line of whitespace or control characters is not empty, and becomes a
+``"blank"`` error record so that every byte a writer produced is accounted for. A UTF-8
+byte-order mark at the very start of a stream is dropped, because spreadsheet exports put one
+there.
+
+Lines are split on ``\\n`` only, by `adapters._lines.LineSplitter`, and text is never split
+again: ``str.splitlines`` would also break at U+2028, U+0085 and ``\\x1c``-``\\x1e``, which
+are ordinary characters inside a record here.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import orjson
 
 from adapters._lines import LineBlock
 from adapters.base import (
+    ERROR_BLANK,
     ERROR_CSV_COLUMNS,
     ERROR_DECODE,
     ERROR_NOT_JSON,
@@ -38,7 +45,7 @@ class RecordParser(Protocol):
     """Whether parsed field values are untyped text."""
 
     def parse(self, block: LineBlock, keys: Sequence[str]) -> list[RawRecord]:
-        """Records for the non-blank lines of ``block``; ``keys[i]`` identifies ``lines[i]``."""
+        """Records for the non-empty lines of ``block``; ``keys[i]`` identifies ``lines[i]``."""
         ...
 
 
@@ -51,6 +58,17 @@ def oversize_record(key: str, excerpt: bytes, full_length: int, limit: int) -> R
         ERROR_OVERSIZE,
         f"line of {full_length} bytes exceeds max_record_bytes={limit}; "
         f"only its first {len(excerpt)} bytes are kept",
+    )
+
+
+def blank_record(key: str, text: str) -> RawRecord:
+    """The error record for a non-empty line holding only whitespace or control characters.
+
+    The detail names the code points, because the raw excerpt shows nothing an analyst can see.
+    """
+    shown = " ".join(f"U+{ord(char):04X}" for char in dict.fromkeys(text[:64]))
+    return RawRecord(
+        key, text, None, ERROR_BLANK, f"line of {len(text)} whitespace characters ({shown})"
     )
 
 
@@ -73,7 +91,7 @@ def _without_bom(block: LineBlock) -> list[bytes]:
 
 
 TextParser = Callable[[list[str], list[str]], list[RawRecord]]
-"""Turns decoded lines (keys, texts) into records; blank texts are skipped."""
+"""Turns decoded lines (keys, texts) into records; empty texts are skipped."""
 
 
 def parse_lines(
@@ -138,7 +156,7 @@ class JsonlParser:
         self.max_record_bytes = max_record_bytes
 
     def parse(self, block: LineBlock, keys: Sequence[str]) -> list[RawRecord]:
-        """Records for the non-blank lines of ``block``."""
+        """Records for the non-empty lines of ``block``."""
         return parse_lines(
             keys, _without_bom(block), block.oversize, self.max_record_bytes, self._parse_texts
         )
@@ -152,7 +170,9 @@ class JsonlParser:
             try:
                 value = loads(text)
             except orjson.JSONDecodeError as exc:
-                if text and not text.isspace():
+                if text.isspace():
+                    append(blank_record(key, text))
+                elif text:
                     append(RawRecord(key, text, None, ERROR_NOT_JSON, f"not JSON: {exc}"))
                 continue
             if type(value) is dict:
@@ -259,7 +279,7 @@ class CsvParser:
         self._columns = cells
 
     def parse(self, block: LineBlock, keys: Sequence[str]) -> list[RawRecord]:
-        """Records for the non-blank lines of ``block``, skipping the header line."""
+        """Records for the non-empty lines of ``block``, skipping the header line."""
         lines = _without_bom(block)
         skip = 0
         if self.header and block.starts[0] == 0:
@@ -287,10 +307,13 @@ class CsvParser:
         append = records.append
         rows = _split_rows(texts, self.delimiter)
         for key, text, row in zip(keys, texts, rows, strict=True):
-            if type(row) is list and len(row) == width:
+            # A one-column row of whitespace is as blank as any other, not a record of it.
+            if type(row) is list and len(row) == width and (width > 1 or not text.isspace()):
                 append(RawRecord(key, text, dict(zip(columns, row, strict=False))))
-            elif not text or text.isspace():
+            elif not text:
                 continue
+            elif text.isspace():
+                append(blank_record(key, text))
             elif isinstance(row, str):
                 append(RawRecord(key, text, None, ERROR_CSV_COLUMNS, f"not CSV: {row}"))
             else:

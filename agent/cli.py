@@ -1,7 +1,8 @@
 """The ``metasentry`` command line.
 
 Commands: ``run``, ``check-config``, ``replay``, ``incidents list|show``, ``label``,
-``db upgrade``, and the meta-learning commands ``meta-train`` and ``fewshot-eval``.
+``labels list|release``, ``adapt``, ``models list|show|activate|rollback``, ``db upgrade``,
+and the meta-learning commands ``meta-train`` and ``fewshot-eval``.
 A configuration problem is printed as one line per error and exits 2, never as a traceback.
 """
 
@@ -22,6 +23,7 @@ import orjson
 from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_config
 from agent.logs import configure_logging
 from agent.version import __version__
+from storage.urls import redact_text, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,8 @@ def load_or_exit(path: Path, *, need_token: bool = False) -> AgentConfig:
             click.echo(f"error: {line}", err=True)
         sys.exit(EXIT_CONFIG)
     configure_logging(config.logging.level, json_format=config.logging.json_format)
+    for note in config.notes:
+        log.warning("%s: %s", path, note)
     return config
 
 
@@ -71,6 +75,8 @@ def check_config(config_path: Path) -> None:
         click.echo(f"{len(exc.errors)} error(s) in {config_path}", err=True)
         sys.exit(EXIT_CONFIG)
     click.echo(f"{config_path}: valid (sha256 {config.sha256[:12]})")
+    for note in config.notes:
+        click.echo(f"warning: {note}", err=True)
     emit_json(config.redacted_summary())
 
 
@@ -86,11 +92,24 @@ def run(config_path: Path) -> None:
     sys.exit(code)
 
 
+def _check_source_name(_ctx: click.Context, _param: click.Parameter,
+                       value: str | None) -> str | None:
+    """``--source-name`` must fit the store's source column and be one printable line."""
+    from storage.records import MAX_SOURCE_CHARS
+
+    if value is None:
+        return None
+    if not value.strip() or len(value) > MAX_SOURCE_CHARS or not value.isprintable():
+        raise click.BadParameter(
+            f"expected 1 to {MAX_SOURCE_CHARS} printable characters (got {len(value)})")
+    return value
+
+
 @main.command()
 @config_option
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Stop after N records.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-@click.option("--source-name", default=None,
+@click.option("--source-name", default=None, callback=_check_source_name,
               help="Source name for offsets and incidents (default: from the file name).")
 @click.argument("path", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 def replay(config_path: Path, limit: int | None, as_json: bool, source_name: str | None,
@@ -113,14 +132,19 @@ def replay(config_path: Path, limit: int | None, as_json: bool, source_name: str
 
 @contextlib.contextmanager
 def _startup_errors() -> Iterator[None]:
-    """A database that does not answer or an unreadable source: one line and exit 1."""
+    """A database that does not answer or an unreadable source: one line and exit 1.
+
+    The line goes through :func:`redact_text`: a database error quotes the URL, and the URL
+    may carry a password in its query string (which the store's own redaction misses).
+    """
     from adapters.base import SourceError
     from storage import StoreUnavailable
 
     try:
         yield
     except (StoreUnavailable, SourceError) as exc:
-        click.echo(f"error: {exc}", err=True)
+        # Driver messages span lines ("...refused\n\tIs the server running..."): one line.
+        click.echo(f"error: {' '.join(redact_text(str(exc)).split())}", err=True)
         sys.exit(1)
 
 
@@ -156,8 +180,9 @@ def incidents() -> None:
 def incidents_list(config_path: Path, kind: str | None, status: str | None,
                    source: str | None, limit: int, as_json: bool) -> None:
     """Newest incidents first."""
-    store = _store(config_path)
-    rows = store.list_incidents(kind=kind, status=status, source=source, limit=limit)
+    with _startup_errors():
+        store = _store(config_path)
+        rows = store.list_incidents(kind=kind, status=status, source=source, limit=limit)
     if as_json:
         emit_json([r.to_dict() for r in rows])
         return
@@ -167,11 +192,20 @@ def incidents_list(config_path: Path, kind: str | None, status: str | None,
     click.echo(f"{'ID':>6}  {'CREATED':19}  {'KIND':10} {'SEVERITY':8} {'STATUS':9} "
                f"{'SOURCE':18} WHAT")
     for r in rows:
-        top = r.explanation.get("top_features")
-        summary = ("moved: " + ", ".join(top) if top
-                   else r.explanation.get("summary") or r.record_excerpt or "")[:70]
+        summary = describe_incident(r)[:70]
         click.echo(f"{r.id:>6}  {r.created_at:%Y-%m-%d %H:%M:%S}  {r.kind:10} {r.severity:8} "
                    f"{r.status:9} {r.source[:18]:18} {summary}")
+
+
+def describe_incident(incident: Any) -> str:
+    """A few words on what an incident is about, for one-line listings."""
+    top = incident.explanation.get("top_features")
+    if top:
+        return "moved: " + ", ".join(top)
+    summary = incident.explanation.get("summary") or incident.record_excerpt or ""
+    if incident.record_count > 1:
+        summary = f"{summary} ×{incident.record_count}"
+    return str(summary)
 
 
 @incidents.command("show")
@@ -181,31 +215,68 @@ def incidents_show(config_path: Path, incident_id: int) -> None:
     """One incident, whole, as JSON."""
     from storage import IncidentNotFound
 
-    store = _store(config_path)
     try:
-        emit_json(store.get_incident(incident_id).to_dict())
+        with _startup_errors():
+            store = _store(config_path)
+            incident = store.get_incident(incident_id)
+            examples = store.incident_records(incident_id)
+            given = store.list_labels(incident_id=incident_id)
     except IncidentNotFound:
         click.echo(f"error: no incident {incident_id}", err=True)
         sys.exit(1)
+    emit_json(incident.to_dict() | {
+        "examples": [{"offset_key": e.offset_key, "predicted_class": e.predicted_class,
+                      "confidence": e.confidence, "record": e.fields,
+                      "explanation": e.explanation} for e in examples],
+        "labels": [g.to_dict() for g in given],
+    })
 
 
 @main.command()
 @config_option
 @click.option("--actor", default=lambda: os.environ.get("USER", "cli"), show_default="$USER")
 @click.option("--note", default=None)
+@click.option("--record", "records", multiple=True, metavar="OFFSET",
+              help="Label only this example record of the incident (repeatable); default: all.")
 @click.argument("incident_id", type=int)
 @click.argument("label")
-def label(config_path: Path, actor: str, note: str | None, incident_id: int, label: str) -> None:
-    """Give incident INCIDENT_ID the class LABEL."""
+def label(config_path: Path, actor: str, note: str | None, records: tuple[str, ...],
+          incident_id: int, label: str) -> None:
+    """Give incident INCIDENT_ID the class LABEL (`benign` or a new name are classes too).
+
+    The label applies to the incident's example records (see `incidents show`); once a class
+    has adaptation.min_labels new labels, the agent adapts to them.
+    """
+    from pydantic import ValidationError
+
+    from agent.api_inputs import LabelRequest
     from storage import IncidentNotFound
 
-    store = _store(config_path)
+    try:  # the API's rules: a label is a label whichever way it comes in
+        request = LabelRequest(label=label, actor=actor, note=note)
+    except ValidationError as exc:
+        for error in exc.errors():
+            click.echo(f"error: {error['loc'][0]}: {error['msg']}", err=True)
+        sys.exit(EXIT_CONFIG)
     try:
-        incident = store.label_incident(incident_id, label, actor=actor, note=note)
+        with _startup_errors():
+            incident, given = _store(config_path).apply_label(
+                incident_id, request.label, actor=request.actor, note=request.note,
+                records=list(records) or None)
     except IncidentNotFound:
         click.echo(f"error: no incident {incident_id}", err=True)
         sys.exit(1)
-    click.echo(f"incident {incident.id} labelled {incident.analyst_label!r}")
+    except ValueError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    learnable = [g for g in given if g.status == "pending"]
+    if learnable:
+        click.echo(f"incident {incident.id} labelled {incident.analyst_label!r}: "
+                   f"{len(learnable)} record(s) will teach the model (labels "
+                   f"{', '.join(str(g.id) for g in learnable)}); see `metasentry labels list`")
+    else:
+        click.echo(f"incident {incident.id} labelled {incident.analyst_label!r} (it has no "
+                   "example records, so the label is recorded but teaches the model nothing)")
 
 
 @main.group()
@@ -220,10 +291,13 @@ def db_upgrade(config_path: Path) -> None:
     from storage import Store
 
     config = load_or_exit(config_path)
-    store = Store(config.storage_url())
-    started = time.perf_counter()
-    store.upgrade()
-    click.echo(f"{store.redacted_url}: at {store.current_revision()} "
+    with _startup_errors():
+        store = Store(config.storage_url())
+        started = time.perf_counter()
+        store.upgrade()
+        revision = store.current_revision()
+    # redacted_url hides the userinfo password only; a query-string one needs redact_url.
+    click.echo(f"{redact_url(store.redacted_url)}: at {revision} "
                f"({time.perf_counter() - started:.2f} s)")
 
 
@@ -238,11 +312,13 @@ def _store(config_path: Path) -> Any:
 
 
 def _register_meta_commands() -> None:
-    """meta-train and fewshot-eval live beside the learners they drive."""
+    """meta-train and fewshot-eval live beside the learners they drive; labels, adapt and
+    models beside the analyst loop."""
     from agent.cli_meta import fewshot_eval, meta_train
+    from agent.cli_model import adapt, labels, models
 
-    main.add_command(meta_train)
-    main.add_command(fewshot_eval)
+    for command in (meta_train, fewshot_eval, labels, adapt, models):
+        main.add_command(command)
 
 
 _register_meta_commands()

@@ -29,6 +29,7 @@ from agent.config import AgentConfig, ConfigError, load_config
 from agent.datafile import read_records
 from agent.logs import configure_logging
 from agent.schema import Encoder
+from agent.training import ProgressLog, TrainingPlan, train_learner
 
 log = logging.getLogger(__name__)
 
@@ -115,32 +116,6 @@ def _header_for(config: AgentConfig, data: Path | None, header: bool | None) -> 
     return config.schema.columns is None
 
 
-class _ProgressPrinter:
-    """Progress lines on stderr: at most one every ``interval_s``, plus every validation."""
-
-    def __init__(self, interval_s: float = 2.0) -> None:
-        self.interval_s = interval_s
-        self._last = 0.0
-
-    def __call__(self, progress: Any) -> None:
-        now = time.monotonic()
-        final = progress.step == progress.steps_total
-        if progress.val_accuracy is None and not final and now - self._last < self.interval_s:
-            return
-        self._last = now
-        val = ""
-        if progress.best_val_accuracy is not None:
-            current = "" if progress.val_accuracy is None else f"val {progress.val_accuracy:.3f} "
-            val = f" {current}(best {progress.best_val_accuracy:.3f})"
-        click.echo(
-            f"step {progress.step}/{progress.steps_total} "
-            f"episodes {progress.episodes_done}/{progress.episodes_total} "
-            f"loss {progress.loss:.4f} acc {progress.accuracy:.3f}{val} "
-            f"elapsed {progress.elapsed_s:.0f}s ETA {progress.eta_s:.0f}s",
-            err=True,
-        )
-
-
 def _ints(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(part) for part in text.split(",") if part.strip())
@@ -198,38 +173,31 @@ def meta_train(
     seed: int,
 ) -> None:
     """Meta-train a few-shot alert classifier on labelled data and save it to --out."""
-    from meta.encoders import EncoderSpec
-    from meta.episodes import EpisodeSampler, split_classes
-    from meta.learners import build_learner
-    from meta.saving import save_learner
+    from meta.saving import SIGNING_KEY_ENV, save_learner
 
     config = _load_config_or_exit(config_path)
+    signing_key = _signing_key_or_fail()  # before training: a bad key must not cost a run
     hidden_sizes = _ints(hidden)
     path = data if data is not None else config.resolve(config.reference.path)
     labelled = _read_labelled(config, path, _header_for(config, data, header), encoder=None)
+    plan = TrainingPlan(algorithm=algorithm, episodes=episodes, ways=ways, shots=shots,
+                        queries=queries, meta_batch=meta_batch, val_classes=val_classes,
+                        benign_class=benign_class, val_every=val_every, patience=patience,
+                        hidden=hidden_sizes, embedding_dim=embedding_dim, seed=seed,
+                        device=config.model.device)
+    click.echo(f"{len(labelled.y)} records, {labelled.x.shape[1]} features; training "
+               f"{algorithm} for {episodes} episodes", err=True)
     try:
-        split = split_classes(labelled.y, val=val_classes, test=0, seed=seed,
-                              min_count=shots + queries,
-                              always_train=[benign_class] if benign_class else ())
-        train = EpisodeSampler(labelled.x, labelled.y, ways=ways, shots=shots, queries=queries,
-                               seed=seed, classes=split.train)
-        val = EpisodeSampler(labelled.x, labelled.y, ways=min(ways, len(split.val)), shots=shots,
-                             queries=queries, seed=seed + 1, classes=split.val)
-        spec = EncoderSpec(kind="mlp", input_shape=(int(labelled.x.shape[1]),),
-                           hidden=hidden_sizes, embedding_dim=embedding_dim)
-        learner = build_learner(algorithm, spec, seed=seed, device=config.model.device)
+        trained = train_learner(labelled.x, labelled.y, plan,
+                                checkpoint_dir=out_dir / CHECKPOINT_SUBDIR,
+                                progress=ProgressLog(lambda line: click.echo(line, err=True)))
     except ValueError as error:
         raise click.ClickException(str(error)) from error
+    learner, history, split = trained.learner, trained.history, trained.split
     click.echo(
-        f"{len(labelled.y)} records, {labelled.x.shape[1]} features; training classes "
-        f"{list(split.train)}, validation classes {list(split.val)}"
+        f"training classes {list(split.train)}, validation classes {list(split.val)}"
         + (f", excluded (too few records) {list(split.excluded)}" if split.excluded else ""),
         err=True,
-    )
-    history = learner.meta_train(
-        train, episodes=episodes, meta_batch=meta_batch, val=val, val_every=val_every,
-        patience=patience, checkpoint_dir=out_dir / CHECKPOINT_SUBDIR,
-        progress=_ProgressPrinter(),
     )
     description = {
         "feature_schema": config.schema.model_dump(mode="json"),
@@ -237,17 +205,13 @@ def meta_train(
         "label_field": config.schema.label,
         "training_data": {"path": str(path), "sha256": labelled.sha256,
                           "records": int(len(labelled.y))},
-        "classes": {"train": list(split.train), "val": list(split.val),
-                    "excluded": list(split.excluded)},
-        "episodes": {"ways": ways, "shots": shots, "queries": queries, "meta_batch": meta_batch,
-                     "requested": episodes, "run": history.episodes_run},
-        "validation": {"best_accuracy": history.best_val_accuracy,
-                       "best_step": history.best_step, "stopped_early": history.stopped_early},
+        **trained.description,
     }
-    digest = save_learner(learner, out_dir, description=description)
+    digest = save_learner(learner, out_dir, description=description, signing_key=signing_key)
     best = history.best_val_accuracy
+    signed = f", signed with {SIGNING_KEY_ENV}" if signing_key is not None else ""
     click.echo(
-        f"saved {algorithm} model to {out_dir} (sha256 {digest}); {history.episodes_run} "
+        f"saved {algorithm} model to {out_dir} (sha256 {digest}{signed}); {history.episodes_run} "
         f"episodes, best validation accuracy "
         f"{'n/a' if best is None else f'{best:.3f}'}"
         + (" (stopped early)" if history.stopped_early else "")
@@ -261,6 +225,9 @@ def meta_train(
               type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--data", required=True, type=click.Path(path_type=Path, exists=True,
                                                        dir_okay=False))
+@click.option("--sha256", "expected_sha256", default=None, metavar="HEX",
+              callback=lambda _ctx, _param, value: _pinned_sha256(value),
+              help="Refuse the model unless its sha256 (printed by meta-train) is this one.")
 @click.option("--header/--no-header", default=None,
               help="Whether --data has a header row [default: no header when schema.columns].")
 @click.option("--ways", type=click.IntRange(min=2), default=5, show_default=True)
@@ -275,6 +242,7 @@ def fewshot_eval(
     config_path: Path,
     model_dir: Path,
     data: Path,
+    expected_sha256: str | None,
     header: bool | None,
     ways: int,
     shots: int,
@@ -284,17 +252,23 @@ def fewshot_eval(
     seed: int,
     as_json: bool,
 ) -> None:
-    """N-way K-shot accuracy (95% CI) of a saved model on classes it never saw."""
+    """N-way K-shot accuracy (95% CI) of a saved model on classes it never saw.
+
+    With METASENTRY_MODEL_KEY set, the model's manifest signature is verified (an unsigned
+    model is refused); --sha256 pins the model itself.
+    """
     from meta.episodes import EpisodeSampler
-    from meta.saving import ModelIntegrityError, load_learner, read_model_description
+    from meta.saving import ModelIntegrityError, load_model
 
     config = _load_config_or_exit(config_path)
+    signing_key = _signing_key_or_fail()
     try:
-        model = read_model_description(model_dir)
-        learner = load_learner(model_dir, device=config.model.device)
+        loaded = load_model(model_dir, expected_sha256=expected_sha256, signing_key=signing_key,
+                            device=config.model.device)
     except ModelIntegrityError as error:
         raise click.ClickException(str(error)) from error
-    state = model.get("description", {}).get("encoder_state")
+    learner = loaded.learner
+    state = loaded.model["description"].get("encoder_state")
     if state is None:
         raise click.ClickException(f"{model_dir}: the model carries no encoder state")
     labelled = _read_labelled(config, data, _header_for(config, data, header),
@@ -324,7 +298,8 @@ def fewshot_eval(
     ci95 = float(1.96 * spread / np.sqrt(episodes))
     result: dict[str, Any] = {
         "model": str(model_dir),
-        "sha256": _model_sha256(model_dir),
+        "sha256": loaded.sha256,
+        "signature_verified": loaded.signature_verified,
         "algorithm": learner.algorithm,
         "data": str(data),
         "ways": ways,
@@ -347,6 +322,23 @@ def fewshot_eval(
     )
 
 
-def _model_sha256(model_dir: Path) -> str:
-    manifest = orjson.loads((model_dir / "manifest.json").read_bytes())
-    return str(manifest["sha256"])
+def _pinned_sha256(value: str | None) -> str | None:
+    """--sha256 as a lower-case digest; a value that is not 64 hex characters is a usage error."""
+    if value is None:
+        return None
+    from meta.saving import parse_sha256
+
+    try:
+        return parse_sha256(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+def _signing_key_or_fail() -> bytes | None:
+    """The manifest signing key from METASENTRY_MODEL_KEY, or None; a weak key is an error."""
+    from meta.saving import signing_key_from_env
+
+    try:
+        return signing_key_from_env()
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None

@@ -17,7 +17,8 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+from urllib.parse import quote
 
 import yaml
 from pydantic import (
@@ -28,6 +29,13 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from sqlalchemy import make_url
+from sqlalchemy.exc import ArgumentError
+
+from detectors import DETECTOR_TYPES
+from detectors.base import DetectorConfig
+from detectors.feature_drift import FeatureDriftConfig
+from storage.urls import redact_url
 
 DEFAULT_CONFIG_PATH = Path("agent.yaml")
 SOURCE_TYPES = ("csv_file", "jsonl_file", "stdin")
@@ -139,25 +147,51 @@ SourceConfig = Annotated[
 # --- detectors and incidents ---------------------------------------------------------------
 
 
-class FeatureDriftConfig(_Model):
-    enabled: bool = True
-    window: int = Field(default=1000, gt=0)
-    step: int | None = Field(default=None, gt=0)
-    alpha: float = Field(default=0.01, gt=0, lt=1)
-    correction: Literal["bh", "bonferroni"] = "bh"
-    top_k: int = Field(default=5, gt=0)
-    min_window: int = Field(default=100, gt=0)
+# Each detector class owns the model of its ``detectors:`` entry; the list is a union of them,
+# discriminated on ``type:`` like ``sources:``. A new detector type joins the config by being
+# registered in detectors.DETECTOR_TYPES.
+DETECTOR_CONFIGS: tuple[type[DetectorConfig], ...] = tuple(
+    detector_class.Config for detector_class in DETECTOR_TYPES.values()
+)
+if TYPE_CHECKING:
+    DetectorEntry = DetectorConfig
+else:
+    DetectorEntry = Annotated[Union[DETECTOR_CONFIGS], Field(discriminator="type")]  # noqa: UP007
+DEFAULT_DETECTORS: tuple[DetectorConfig, ...] = (FeatureDriftConfig(name="feature_drift"),)
 
 
-class DetectorsConfig(_Model):
-    feature_drift: FeatureDriftConfig = FeatureDriftConfig()
+def legacy_detectors(value: Any) -> tuple[Any, list[str]]:
+    """Turn the old ``detectors: {feature_drift: {...}}`` mapping into the list form.
+
+    Old files keep loading; the note returned says exactly how to rewrite them.
+    """
+    if not isinstance(value, dict):
+        return value, []
+    entries = []
+    for key, settings in value.items():
+        entry = {"type": key, "name": key} | (dict(settings) if isinstance(settings, dict) else {})
+        entries.append(entry)
+    rewritten = "; ".join(f"- {{type: {e['type']}, name: {e['name']}, ...}}" for e in entries)
+    note = ("detectors: the mapping form is deprecated; write a list of typed entries instead "
+            f"({rewritten})")
+    return entries, [note]
 
 
 class IncidentPolicyConfig(_Model):
-    """Turns detector verdicts into incidents a person looks at."""
+    """Turns detector verdicts into incidents a person looks at.
+
+    Per-record findings are grouped: consecutive findings of one detector, kind and predicted
+    class on one source become one incident with a count until the group spans
+    ``group_span_records`` records of the stream (or ``group_span_s`` seconds of the records'
+    own timestamps, when the schema names a timestamp field). Spans are measured on the
+    stream, never on the wall clock, so a replay after a crash groups identically.
+    """
 
     drift_high_severity_p: float = Field(default=1e-6, gt=0, lt=1)
     excerpt_chars: int = Field(default=500, gt=0, le=2000)
+    group_span_records: int = Field(default=10_000, gt=0)
+    group_span_s: float | None = Field(default=None, gt=0)
+    examples_per_incident: int = Field(default=5, ge=1, le=100)
 
 
 # --- service -------------------------------------------------------------------------------
@@ -170,9 +204,33 @@ def _check_listen(value: str) -> str:
     return value
 
 
+class StoreTimeoutsConfig(_Model):
+    """How long PostgreSQL calls may wait (storage.StoreTimeouts; SQLite ignores them)."""
+
+    connect_s: float = Field(default=10.0, gt=0)
+    statement_s: float = Field(default=30.0, gt=0)
+    idle_in_transaction_s: float = Field(default=60.0, gt=0)
+    operation_s: float = Field(default=60.0, gt=0)
+    ping_s: float = Field(default=5.0, gt=0)
+    pool_s: float = Field(default=10.0, gt=0)
+    maintenance_s: float = Field(default=900.0, gt=0)
+    keepalives_idle_s: float = Field(default=30.0, gt=0)
+    keepalives_interval_s: float = Field(default=10.0, gt=0)
+    keepalives_count: int = Field(default=3, ge=1)
+    tcp_user_timeout_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _operation_outlasts_statement(self) -> StoreTimeoutsConfig:
+        if self.operation_s <= self.statement_s:
+            raise ValueError("operation_s must exceed statement_s, so a slow server is "
+                             "cancelled cleanly before the connection is cut")
+        return self
+
+
 class StorageConfig(_Model):
     url: str = "sqlite:///var/metasentry.db"
     retry_max_backoff_s: float = Field(default=30.0, gt=0)
+    timeouts: StoreTimeoutsConfig = StoreTimeoutsConfig()
 
     @field_validator("url")
     @classmethod
@@ -197,6 +255,8 @@ class ApiConfig(_Model):
     listen: str = "127.0.0.1:8080"
     token_env: str = Field(default="METASENTRY_API_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     read_requires_token: bool = False
+    # Bodies are buffered up to this size before a route sees them; larger ones get 413.
+    max_body_bytes: int = Field(default=1_048_576, gt=0, le=1_073_741_824)
 
     @field_validator("listen")
     @classmethod
@@ -226,9 +286,47 @@ class LoggingConfig(_Model):
 
 
 class ModelConfig(_Model):
-    """Where the meta-learned classifier runs (``meta-train``, ``fewshot-eval``)."""
+    """The live alert classifier: which learner, where its weights come from, how it judges.
 
+    ``learner: knn`` is the nearest-labelled-record baseline on the encoded features (nothing
+    to train); the others are meta-trained, by ``metasentry meta-train`` (``path:``) or at the
+    first start on the reference's labelled records (``bootstrap: true``).
+    """
+
+    enabled: bool = False
+    learner: Literal["memory", "knn", "protonet", "maml", "fomaml", "metasgd"] = "memory"
+    path: Path | None = None
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    signing_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    bootstrap: bool = True
+    training_episodes: int = Field(default=2000, gt=0)
+    benign_class: str = Field(default="normal", min_length=1, max_length=100)
     device: Literal["auto", "cpu", "gpu"] = "auto"
+    novel_false_alarm_rate: float = Field(default=0.01, gt=0, lt=1)
+    canary_fraction: float = Field(default=0.2, gt=0, lt=0.5)
+    min_class_calibration: int = Field(default=100, ge=5)
+    poll_interval_s: float = Field(default=5.0, gt=0)
+    cache_dir: Path = Path("var/models")
+    seed: int = 0
+
+
+class ScreeningConfig(_Model):
+    """Checks every analyst label gets before it may teach the model (poisoned feedback)."""
+
+    enabled: bool = True
+    neighbours: int = Field(default=10, ge=3, le=100)
+    min_actor_agreement: float = Field(default=0.5, ge=0, le=1)
+    min_actor_labels: int = Field(default=5, ge=1)
+
+
+class AdaptationConfig(_Model):
+    """When labels trigger a new model version, and what it must pass to go live."""
+
+    min_labels: int = Field(default=5, ge=1)
+    check_interval_s: float = Field(default=2.0, gt=0)
+    max_known_drop: float = Field(default=0.02, ge=0, le=1)
+    max_benign_increase: float = Field(default=0.01, ge=0, le=1)
+    screening: ScreeningConfig = ScreeningConfig()
 
 
 class AgentConfig(_Model):
@@ -238,7 +336,7 @@ class AgentConfig(_Model):
     schema_: SchemaConfig = Field(alias="schema")
     reference: ReferenceConfig
     sources: list[SourceConfig] = Field(min_length=1)
-    detectors: DetectorsConfig = DetectorsConfig()
+    detectors: list[DetectorEntry] = Field(default_factory=lambda: list(DEFAULT_DETECTORS))
     incidents: IncidentPolicyConfig = IncidentPolicyConfig()
     storage: StorageConfig = StorageConfig()
     metrics: MetricsConfig = MetricsConfig()
@@ -248,10 +346,13 @@ class AgentConfig(_Model):
     pipeline: PipelineConfig = PipelineConfig()
     logging: LoggingConfig = LoggingConfig()
     model: ModelConfig = ModelConfig()
+    adaptation: AdaptationConfig = AdaptationConfig()
 
     # Filled by load_config: where the file was, and its digest for metasentry_config_info.
     base_dir: Path = Field(default=Path("."), exclude=True)
     sha256: str = Field(default="", exclude=True)
+    # Deprecations noticed while loading, logged at start and printed by check-config.
+    notes: list[str] = Field(default_factory=list, exclude=True)
 
     @property
     def schema(self) -> SchemaConfig:  # type: ignore[override]
@@ -265,13 +366,43 @@ class AgentConfig(_Model):
             raise ValueError(f"source names must be unique (repeated: {', '.join(dupes)})")
         return self
 
+    @model_validator(mode="after")
+    def _detectors_consistent(self) -> AgentConfig:
+        names = [d.resolved_name() for d in self.detectors]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"detector names must be unique (repeated: {', '.join(dupes)})")
+        needs_model = [d.resolved_name() for d in self.enabled_detectors()
+                       if getattr(DETECTOR_TYPES[d.type], "requires_model", False)]
+        if needs_model and not self.model.enabled:
+            raise ValueError(f"detector(s) {', '.join(needs_model)} need the live model: set "
+                             "`model.enabled: true`")
+        if self.model.enabled and self.model.learner != "knn" and self.model.path is None and (
+                not self.model.bootstrap or not self.schema_.label):
+            raise ValueError("model: give `model.path` (a directory from `metasentry "
+                             "meta-train`) or set `model.bootstrap: true` with a `schema.label` "
+                             "field to meta-train at first start")
+        if self.model.enabled and not self.schema_.label:
+            raise ValueError("model: the live model enrols the reference's labelled records; "
+                             "name the label field in `schema.label`")
+        return self
+
+    def enabled_detectors(self) -> list[DetectorConfig]:
+        """The ``detectors:`` entries that are switched on, in file order."""
+        return [d for d in self.detectors if d.enabled]
+
     def resolve(self, path: Path) -> Path:
         """A path from the file, made absolute against the file's directory."""
         return path if path.is_absolute() else (self.base_dir / path)
 
     def storage_url(self) -> str:
-        """The database URL with ``${VAR}`` secrets expanded and SQLite paths made absolute."""
-        url = _ENV_REF.sub(lambda m: os.environ.get(m.group(1), ""), self.storage.url)
+        """The database URL with ``${VAR}`` secrets expanded and SQLite paths made absolute.
+
+        A secret lands in the URL percent-encoded when it sits in the userinfo or the query,
+        so a password such as ``p@ss:w/rd#1?x`` stays one password instead of turning into a
+        host, a port and a path (SQLAlchemy decodes it again when it connects).
+        """
+        url = expand_url_template(self.storage.url)
         prefix = "sqlite:///"
         if url.startswith(prefix) and not url.startswith(prefix + "/") and len(url) > len(prefix):
             url = prefix + str(self.resolve(Path(url[len(prefix):])))
@@ -291,9 +422,47 @@ class AgentConfig(_Model):
         return data
 
 
-def redact_url(url: str) -> str:
-    """Mask the password of a database URL, whether literal or an env reference."""
-    return re.sub(r"(://[^:/@]+:)[^@]*(@)", r"\1***\2", url)
+def expand_url_template(template: str) -> str:
+    """``template`` with each ``${VAR}`` replaced by the environment's value (empty if unset).
+
+    The template is split into its parts first (its own ``@``, ``/`` and ``?`` are the real
+    delimiters; a value's never are): values in the userinfo and the query are
+    percent-encoded, values in the host and path (a SQLite directory) go in as they are.
+    """
+    scheme, sep, rest = template.partition("://")
+    if not sep:
+        return _expand(template, encode=False)
+    authority_end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0),
+                        default=len(rest))
+    at = rest.rfind("@", 0, authority_end)
+    userinfo, hostpath = (rest[:at], rest[at + 1:]) if at >= 0 else (None, rest)
+    path, question, query = hostpath.partition("?")
+    expanded = f"{scheme}://"
+    if userinfo is not None:
+        expanded += _expand(userinfo, encode=True) + "@"
+    expanded += _expand(path, encode=False)
+    if question:
+        expanded += "?" + _expand(query, encode=True)
+    return expanded
+
+
+def _expand(text: str, *, encode: bool) -> str:
+    def value(match: re.Match[str]) -> str:
+        found = os.environ.get(match.group(1), "")
+        return quote(found, safe="") if encode else found
+
+    return _ENV_REF.sub(value, text)
+
+
+def storage_url_error(config: AgentConfig) -> str | None:
+    """Why the expanded ``storage.url`` cannot be parsed, in one line without the secret."""
+    try:
+        make_url(config.storage_url())
+    except (ArgumentError, ValueError):
+        return (f"storage.url: not a valid database URL once the environment is substituted "
+                f"(got {redact_url(config.storage.url)!r}; check the host, port and database "
+                "parts, and any ${VAR} used there)")
+    return None
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -323,7 +492,7 @@ def _yaml_path(loc: tuple[int | str, ...]) -> str:
             continue
         # pydantic puts the union tag in the location of a tagged union member;
         # the YAML has no such key.
-        if i > 0 and isinstance(loc[i - 1], int) and part in SOURCE_TYPES:
+        if i > 0 and isinstance(loc[i - 1], int) and part in (*SOURCE_TYPES, *DETECTOR_TYPES):
             continue
         if part == "schema_":
             part = "schema"
@@ -348,9 +517,9 @@ def _describe(error: Any) -> str:
     elif kind == "literal_error":
         expected = f"one of {ctx.get('expected')}"
     elif kind == "union_tag_invalid":
-        return f"unknown type (got {ctx.get('tag')!r}, expected one of {', '.join(SOURCE_TYPES)})"
+        return f"unknown type (got {ctx.get('tag')!r}, expected one of {_type_choices(error)})"
     elif kind == "union_tag_not_found":
-        return f"missing `type:` (expected one of {', '.join(SOURCE_TYPES)})"
+        return f"missing `type:` (expected one of {_type_choices(error)})"
     elif kind in ("too_short", "too_long"):
         expected = error["msg"].replace("Input should", "something that should").replace(
             "Value should", "something that should")
@@ -361,6 +530,12 @@ def _describe(error: Any) -> str:
     if expected is None:
         return f"{error['msg']} (got {_short(got)})"
     return f"invalid value (got {_short(got)}, expected {expected})"
+
+
+def _type_choices(error: Any) -> str:
+    """The ``type:`` values the failing list accepts (sources or detectors)."""
+    section = error["loc"][0] if error.get("loc") else ""
+    return ", ".join(sorted(DETECTOR_TYPES) if section == "detectors" else SOURCE_TYPES)
 
 
 def _short(value: Any) -> str:
@@ -381,16 +556,23 @@ def parse_config(text: str, *, source: str = "<string>", base_dir: Path = Path("
     if not isinstance(data, dict):
         raise ConfigError([f"{source}: expected a mapping at the top level "
                            f"(got {type(data).__name__})"])
-    data = {k: v for k, v in data.items() if k not in ("base_dir", "sha256")} | {
+    notes: list[str] = []
+    if "detectors" in data:
+        data["detectors"], notes = legacy_detectors(data["detectors"])
+    data = {k: v for k, v in data.items() if k not in ("base_dir", "sha256", "notes")} | {
+        "notes": notes,
         "base_dir": base_dir,
         "sha256": hashlib.sha256(text.encode()).hexdigest(),
     }
     try:
         config = AgentConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(
-            [f"{_yaml_path(tuple(e['loc']))}: {_describe(e)}" for e in exc.errors()]
-        ) from None
+        lines = [f"{_yaml_path(tuple(e['loc']))}: {_describe(e)}" for e in exc.errors()]
+        if notes:  # the file used the mapping form: name its keys, not list positions
+            for index, entry in enumerate(data["detectors"]):
+                lines = [line.replace(f"detectors[{index}]", f"detectors.{entry['name']}")
+                         for line in lines]
+        raise ConfigError(lines) from None
     return config
 
 
@@ -408,10 +590,22 @@ def environment_errors(config: AgentConfig, *, need_token: bool = True) -> list[
                     f"sources[{i}].path: file not found (got '{path}', expected a readable file "
                     "in replay mode)"
                 )
-    for name in _ENV_REF.findall(config.storage.url):
-        if name not in os.environ:
-            errors.append(
-                f"storage.url: environment variable {name} is not set (expected a secret)")
+    if config.model.enabled and config.model.path is not None:
+        model_dir = config.resolve(config.model.path)
+        if not (model_dir / "manifest.json").is_file():
+            errors.append(f"model.path: no model directory (got '{model_dir}', expected a "
+                          "directory written by `metasentry meta-train`)")
+    if config.model.enabled and config.model.signing_key_env and (
+            config.model.signing_key_env not in os.environ):
+        errors.append(f"model.signing_key_env: environment variable "
+                      f"{config.model.signing_key_env} is not set (expected the model "
+                      "signing key)")
+    missing = [name for name in _ENV_REF.findall(config.storage.url) if name not in os.environ]
+    for name in missing:
+        errors.append(f"storage.url: environment variable {name} is not set (expected a secret)")
+    url_error = None if missing else storage_url_error(config)
+    if url_error:
+        errors.append(url_error)
     if need_token and config.api.enabled and not config.api_token():
         errors.append(
             f"api.token_env: environment variable {config.api.token_env} is not set (expected the "

@@ -1,11 +1,16 @@
 """``metasentry run``: the service lifecycle, with one owner of signals.
 
 Start order: database and reference (``Agent.prepare``), sources, metrics endpoint, API,
-scheduler, then the pipeline thread. On SIGTERM or SIGINT the main thread, which alone
-handles signals, stops fetching, lets the batch in flight finish and commit, stops the
-scheduler (waiting for running jobs), stops the API and exits 0 — within
+scheduler, health monitor, then the pipeline thread. On SIGTERM or SIGINT the main thread,
+which alone handles signals, stops fetching, lets the batch in flight finish and commit, stops
+the scheduler (waiting for running jobs), stops the API and exits 0 — within
 ``pipeline.shutdown_timeout_s``. uvicorn's own signal handling is switched off so it cannot
 race with ours.
+
+Shutdown is bounded even when the database hangs a commit or a scheduled job: every wait has
+a deadline, the pipeline thread is a daemon, and if anything is still running when the budget
+is spent the agent says so, exits 1 (the batch in flight is replayed at the next start), and
+forces the exit should the interpreter still wait on a hung thread.
 """
 
 from __future__ import annotations
@@ -15,8 +20,10 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from types import FrameType
 
 import uvicorn
@@ -24,6 +31,7 @@ from prometheus_client import start_http_server
 
 from agent.api import create_app
 from agent.config import AgentConfig
+from agent.health import HealthMonitor
 from agent.scheduler import build_scheduler
 from agent.service import Agent, tune_garbage_collector
 
@@ -116,6 +124,8 @@ def run_service(config: AgentConfig) -> int:
 
     scheduler = build_scheduler(agent)
     scheduler.start()
+    monitor = HealthMonitor(agent)
+    monitor.start()
 
     def pipeline_main() -> None:
         try:
@@ -125,7 +135,8 @@ def run_service(config: AgentConfig) -> int:
             log.exception("pipeline stopped on an error")
             agent.stop_event.set()
 
-    worker = threading.Thread(target=pipeline_main, name="pipeline")
+    # A daemon: a commit hung in the database must not keep the process alive after shutdown.
+    worker = threading.Thread(target=pipeline_main, name="pipeline", daemon=True)
     worker.start()
     _sd_notify("READY=1")
     log.info("agent running: %d source(s); stop with SIGTERM or Ctrl-C", len(agent.sources))
@@ -134,19 +145,68 @@ def run_service(config: AgentConfig) -> int:
         pass
 
     _sd_notify("STOPPING=1")
+    monitor.stop()
     agent.metrics.ready.set(0)
     budget = config.pipeline.shutdown_timeout_s
+    deadline = time.monotonic() + budget
     worker.join(budget)
     clean = not worker.is_alive()
     if not clean:
         log.error("the batch in flight did not finish within %.0fs; it will be replayed", budget)
-    scheduler.shutdown(wait=True)
+    # What the pipeline left of the budget, and at least a short grace, shared by the rest.
+    deadline = max(deadline, time.monotonic() + _SHUTDOWN_GRACE_S)
+    if not _within(lambda: scheduler.shutdown(wait=True), _left(deadline), "scheduler"):
+        clean = False
     if api_server is not None and api_thread is not None:
         api_server.should_exit = True
-        api_thread.join(5)
+        api_thread.join(_left(deadline))
     if metrics_server is not None:
         metrics_server.shutdown()
     if clean:
         agent.close()
+    code = 0 if clean and not failures else 1
+    if not clean:
+        _exit_anyway_after(_FORCED_EXIT_GRACE_S, code)
     log.info("agent stopped")
-    return 0 if clean and not failures else 1
+    return code
+
+
+#: at least this long for the scheduler and the API together, even after a pipeline that used
+#: the whole budget; then at most this long for the interpreter before the exit is forced.
+#: With systemd's TimeoutStopSec=30 and the default 20 s budget, 20 + 2 + 2 leaves room.
+_SHUTDOWN_GRACE_S = 2.0
+_FORCED_EXIT_GRACE_S = 2.0
+
+
+def _left(deadline: float) -> float:
+    return max(deadline - time.monotonic(), 0.1)
+
+
+def _within(stop: Callable[[], object], seconds: float, what: str) -> bool:
+    """Run ``stop`` in a helper thread; False (logged) when it has not returned in time."""
+    helper = threading.Thread(target=stop, name=f"stop-{what}", daemon=True)
+    helper.start()
+    helper.join(seconds)
+    if helper.is_alive():
+        log.error("the %s did not stop within %.1fs; a job is probably hung on the database",
+                  what, seconds)
+        return False
+    return True
+
+
+def _exit_anyway_after(seconds: float, code: int) -> None:
+    """Exit with ``code`` after ``seconds`` even if a hung non-daemon thread holds the exit.
+
+    The interpreter joins every non-daemon thread before it exits, and the scheduler's job
+    threads are non-daemon: one hung in the database would keep the process alive for ever.
+    """
+
+    def force() -> None:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+
+    timer = threading.Timer(seconds, force)
+    timer.daemon = True
+    timer.start()

@@ -1,19 +1,23 @@
 """Incident policy: which detector verdicts become incidents, with what severity and key.
 
 A detector says what it measured; this module decides what a person should see. Keys are
-derived from the stream itself (the last record of a window), never from wall-clock time,
-so a record replayed after a crash maps to the same incident and the store's unique key
-drops the duplicate.
+derived from the stream itself (the last record of a window, the first record of a group of
+per-record findings), never from wall-clock time, so a record replayed after a crash maps to
+the same incident and the store's unique key drops the duplicate. Per-record findings are
+grouped (:mod:`agent.grouping`) so a burst is one incident with a count, never thousands.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from agent.config import IncidentPolicyConfig
-from detectors.feature_drift import DriftReport
-from storage import NewDriftReport, NewIncident
+from agent.grouping import Group, Placement
+from detectors.base import DriftReport
+from storage import IncidentExample, IncidentUpdate, NewDriftReport, NewIncident
 
 
 class IncidentPolicy:
@@ -67,3 +71,106 @@ class IncidentPolicy:
             record_excerpt=report.summary()[: self.config.excerpt_chars],
         )
         return stored, incident
+
+
+SEVERITY_BY_KIND = {"attack": "high", "novel": "medium", "poisoning": "high"}
+
+
+@dataclass(frozen=True)
+class RecordContext:
+    """What the policy needs to know about one flagged record beyond the grouping."""
+
+    excerpt: str
+    fields: Mapping[str, Any] | None
+    textual: bool
+    features: list[float]
+    score: float
+    p_value: float | None
+    confidence: float | None
+    explanation: Mapping[str, Any] | None
+
+
+class RecordIncidents:
+    """Turns grouped per-record findings into incident rows, updates and stored examples."""
+
+    def __init__(self, config: IncidentPolicyConfig) -> None:
+        self.config = config
+
+    def rows(self, placements: Sequence[Placement], contexts: Mapping[tuple[str, int],
+                                                                       RecordContext],
+             *, source: str, model_version: str | None
+             ) -> tuple[list[NewIncident], list[IncidentUpdate], list[IncidentExample]]:
+        """Incidents for groups opened in this batch, updates for groups continued, examples.
+
+        ``contexts`` is keyed by (detector, batch row) for the opening record and the examples.
+        Counts are absolute (the group's running total), so applying an update twice after a
+        replay changes nothing.
+        """
+        opened: dict[str, Placement] = {}
+        touched: dict[str, Group] = {}
+        examples: list[IncidentExample] = []
+        for placement in placements:
+            group = placement.group
+            touched[group.key] = group
+            if placement.opened:
+                opened[group.key] = placement
+            if placement.example:
+                context = contexts[(placement.finding.detector, placement.finding.row)]
+                examples.append(IncidentExample(
+                    source=source, incident_offset_key=group.key, detector=group.detector,
+                    offset_key=placement.finding.offset, ordinal=group.examples - 1,
+                    fields=dict(context.fields or {}), textual=context.textual,
+                    features=context.features, predicted_class=placement.finding.predicted,
+                    confidence=context.confidence, explanation=dict(context.explanation or {}),
+                ))
+        incidents = []
+        updates = []
+        for key, group in touched.items():
+            if key in opened:
+                placement = opened[key]
+                context = contexts[(placement.finding.detector, placement.finding.row)]
+                incidents.append(self._incident(group, placement, context, source=source,
+                                                model_version=model_version))
+            else:
+                updates.append(IncidentUpdate(source=source, offset_key=key,
+                                              detector=group.detector, record_count=group.count,
+                                              last_offset=group.last_offset))
+        return incidents, updates, examples
+
+    def _incident(self, group: Group, placement: Placement, context: RecordContext, *,
+                  source: str, model_version: str | None) -> NewIncident:
+        # A novel record belongs to no known class; the nearest one only tells where it sits.
+        named = group.predicted if group.kind != "novel" else None
+        if group.kind == "novel":
+            what = "novel: a kind of record nobody has labelled" + (
+                f" (nearest known class: {group.predicted})" if group.predicted else "")
+        else:
+            what = f"{group.kind}: {group.predicted}" if group.predicted else group.kind
+        explanation: dict[str, Any] = {
+            "summary": what,
+            "kind": group.kind,
+            "predicted_class": named,
+            "nearest_class": group.predicted,
+            "detector": group.detector,
+            "first_record": dict(context.explanation or {}),
+            "group_span_records": self.config.group_span_records,
+        }
+        if model_version is not None and group.kind in ("attack", "novel"):
+            explanation["model_version"] = model_version
+        return NewIncident(
+            kind=group.kind, severity=SEVERITY_BY_KIND.get(group.kind, "medium"),
+            source=source, offset_key=group.key, detector=group.detector,
+            score=_finite(context.score), p_value=_finite(context.p_value),
+            explanation=explanation, record_excerpt=context.excerpt[: self.config.excerpt_chars],
+            predicted_class=named, confidence=_finite(context.confidence),
+            model_version=model_version if group.kind in ("attack", "novel") else None,
+            record_count=group.count, first_offset=group.first_offset,
+            last_offset=group.last_offset,
+        )
+
+
+def _finite(value: float | None) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None

@@ -11,7 +11,12 @@ one process never collide in the global registry.
 
 from __future__ import annotations
 
+import itertools
 import platform
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Final
 
 from prometheus_client import (
@@ -46,16 +51,64 @@ CATALOGUE: Final[dict[str, str]] = {
     "metasentry_scheduler_job_last_success_timestamp_seconds": "gauge",
     "metasentry_source_lag_bytes": "gauge",
     "metasentry_source_exhausted": "gauge",
+    "metasentry_source_skipped_bytes_total": "counter",
     "metasentry_store_commit_retries_total": "counter",
     "metasentry_store_buffered_batches": "gauge",
     "metasentry_last_batch_timestamp_seconds": "gauge",
+    "metasentry_last_commit_timestamp_seconds": "gauge",
+    "metasentry_batch_in_flight_age_seconds": "gauge",
+    "metasentry_store_rows_degraded_total": "counter",
+    "metasentry_findings_total": "counter",
+    "metasentry_labels_total": "counter",
+    "metasentry_adaptations_total": "counter",
+    "metasentry_adaptation_duration_seconds": "histogram",
+    "metasentry_model_canary_accuracy": "gauge",
+    "metasentry_model_benign_false_alarm_rate": "gauge",
 }
 
 #: the bounded vocabulary of ``reason`` on metasentry_records_rejected_total
 REJECT_REASONS: Final[tuple[str, ...]] = (
     "decode", "not_json", "not_object", "csv_columns", "oversize",
-    "missing_field", "wrong_type", "non_finite", "bad_shape",
+    "missing_field", "wrong_type", "non_finite", "bad_shape", "blank",
 )
+
+#: the bounded vocabulary of ``reason`` on metasentry_source_skipped_bytes_total
+SKIP_REASONS: Final[tuple[str, ...]] = ("rotated_missing", "truncated", "replaced", "unreadable",
+                                        "compressed")
+
+#: tables and outcomes of metasentry_store_rows_degraded_total (see agent.salvage)
+DEGRADED_TABLES: Final[tuple[str, ...]] = ("incidents", "quarantine", "drift_reports",
+                                           "source_offsets")
+DEGRADED_OUTCOMES: Final[tuple[str, ...]] = ("degraded", "dropped")
+
+#: values of ``status`` on metasentry_labels_total
+LABEL_STATUSES: Final[tuple[str, ...]] = ("received", "held", "used", "rejected", "released")
+
+#: values of ``outcome`` on metasentry_adaptations_total
+ADAPTATION_OUTCOMES: Final[tuple[str, ...]] = ("activated", "rejected", "failed")
+
+#: predicted-class label values are class names of the model, at most this many distinct ones
+MAX_CLASS_LABELS: Final = 64
+_class_labels: set[str] = set()
+_class_lock = threading.Lock()
+
+
+def bounded_class(name: str | None) -> str:
+    """A predicted class as a metric label: ``none``, a class name, or ``other`` past the cap.
+
+    Class names come from the model's enrolled classes, which analysts can extend; the cap
+    keeps a runaway labelling from turning into a runaway number of series.
+    """
+    if name is None:
+        return "none"
+    with _class_lock:
+        if name in _class_labels:
+            return name
+        if len(_class_labels) < MAX_CLASS_LABELS:
+            _class_labels.add(name)
+            return name
+    return "other"
+
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -117,6 +170,10 @@ class Metrics:
         self.source_exhausted = Gauge("metasentry_source_exhausted",
                                       "1 when a replay source has read everything.", ["source"],
                                       registry=r)
+        self.source_skipped = Counter(_base("metasentry_source_skipped_bytes_total"),
+                                      "Bytes a source knows it could not read: a rotated file "
+                                      "gone, truncated or replaced before its end was read.",
+                                      ["source", "reason"], registry=r)
         self.store_retries = Counter(_base("metasentry_store_commit_retries_total"),
                                      "Batch commits retried after a database failure.", registry=r)
         self.store_buffered = Gauge("metasentry_store_buffered_batches",
@@ -125,6 +182,47 @@ class Metrics:
         self.last_batch = Gauge("metasentry_last_batch_timestamp_seconds",
                                 "Unix time of the source's last committed batch.", ["source"],
                                 registry=r)
+        self.last_commit = Gauge("metasentry_last_commit_timestamp_seconds",
+                                 "Unix time of the last commit to the database (0: none yet).",
+                                 registry=r)
+        # Computed at scrape time, so a commit hung in the database still shows, and grows.
+        self.in_flight = InFlight()
+        self.batch_in_flight_age = Gauge("metasentry_batch_in_flight_age_seconds",
+                                         "Seconds the oldest batch commit now in flight has been "
+                                         "running, retries included (0 when idle).", registry=r)
+        self.batch_in_flight_age.set_function(self.in_flight.oldest_age)
+        self.rows_degraded = Counter(_base("metasentry_store_rows_degraded_total"),
+                                     "Rows the database refused, stored with their text in ASCII "
+                                     "escapes (degraded) or, refused even then, dropped.",
+                                     ["table", "outcome"], registry=r)
+        for table in DEGRADED_TABLES:
+            for outcome in DEGRADED_OUTCOMES:
+                self.rows_degraded.labels(table, outcome)
+        self.findings = Counter(_base("metasentry_findings_total"),
+                                "Records flagged by record and labelled-data detectors, by kind "
+                                "and predicted class.", ["detector", "kind", "predicted_class"],
+                                registry=r)
+        self.labels = Counter(_base("metasentry_labels_total"),
+                              "Analyst labels, by what happened to them (received, held by "
+                              "screening, used by a version, rejected with a version, released).",
+                              ["status"], registry=r)
+        for status in LABEL_STATUSES:
+            self.labels.labels(status)
+        self.adaptations = Counter(_base("metasentry_adaptations_total"),
+                                   "Adaptation runs that produced a version, by outcome.",
+                                   ["outcome"], registry=r)
+        for outcome in ADAPTATION_OUTCOMES:
+            self.adaptations.labels(outcome)
+        self.adaptation_seconds = Histogram("metasentry_adaptation_duration_seconds",
+                                            "Labels to a registered version: screening, "
+                                            "enrolment, canary and registry.",
+                                            buckets=_LATENCY_BUCKETS, registry=r)
+        self.model_canary_accuracy = Gauge("metasentry_model_canary_accuracy",
+                                           "Known-class accuracy of the serving version on the "
+                                           "canary set.", registry=r)
+        self.model_benign_false_alarm_rate = Gauge(
+            "metasentry_model_benign_false_alarm_rate",
+            "Share of benign canary records the serving version would alarm on.", registry=r)
         self.build_info.info({"version": __version__, "python": platform.python_version(),
                               "tensorflow": _tensorflow_version()})
 
@@ -133,6 +231,33 @@ class Metrics:
 
     def set_model(self, version: str, algorithm: str, sha256: str) -> None:
         self.model_info.info({"version": version, "algorithm": algorithm, "sha256": sha256})
+
+
+class InFlight:
+    """Start times of the commits now running, for an age gauge read at scrape time."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._started: dict[int, float] = {}
+        self._tokens = itertools.count()
+
+    @contextmanager
+    def track(self) -> Iterator[None]:
+        """Count the enclosed block as in flight until it returns or raises."""
+        token = next(self._tokens)
+        with self._lock:
+            self._started[token] = time.monotonic()
+        try:
+            yield
+        finally:
+            with self._lock:
+                del self._started[token]
+
+    def oldest_age(self) -> float:
+        """Seconds since the oldest block in flight began; 0 when none is."""
+        with self._lock:
+            oldest = min(self._started.values(), default=None)
+        return 0.0 if oldest is None else time.monotonic() - oldest
 
 
 def _tensorflow_version() -> str:

@@ -9,18 +9,25 @@ store's idempotency keys.
 Windowed detectors add one subtlety: a window spans several batches, so after a crash the
 window has to be rebuilt or the windows after the restart would differ from the ones an
 uninterrupted run would have tested. The committed position therefore also names where the
-oldest record of the current window starts (``rewind``) and how many records lie between it
-and the commit (``warmup``). On restart those records are read again and fed to the
-detectors only; their per-record results were committed already and are not repeated.
+oldest record any detector still needs starts (``rewind``: each detector says how many recent
+records it needs through ``records_to_replay``) and how many records lie between it and the
+commit (``warmup``). On restart those records are read again and fed to the detectors only;
+their per-record results were committed already and are not repeated. The position also
+carries the open groups of per-record findings (:mod:`agent.grouping`), so a burst that spans
+a restart stays one incident with an exact count.
+
+When the live model is loaded, each batch is judged by one model version (pinned for the
+batch) and its embeddings are computed once and shared by every detector that asks for them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,17 +35,22 @@ import numpy as np
 
 from adapters.base import Batch, RawRecord, Source
 from agent.config import AgentConfig
-from agent.incidents import IncidentPolicy
-from agent.metrics import Metrics
+from agent.detection import DetectorSet, Judgement
+from agent.grouping import Finding, Grouper, Placement, record_time
+from agent.incidents import IncidentPolicy, RecordContext, RecordIncidents
+from agent.metrics import Metrics, bounded_class
+from agent.salvage import commit_salvaging
 from agent.schema import Encoded, Encoder
-from detectors.base import FeatureBatch
-from detectors.feature_drift import DriftReport, FeatureDriftDetector
+from detectors.base import DriftReport, FeatureBatch
 from storage import (
     CommitResult,
+    IncidentExample,
+    IncidentUpdate,
     NewDriftReport,
     NewIncident,
     QuarantinedRecord,
     Store,
+    StoreRejected,
     StoreUnavailable,
 )
 
@@ -56,6 +68,7 @@ class BatchOutcome:
     processed: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     incidents: Counter[str] = field(default_factory=Counter)
+    findings: Counter[str] = field(default_factory=Counter)
     duplicates: int = 0
     windows_tested: int = 0
     seconds: float = 0.0
@@ -65,7 +78,8 @@ class BatchOutcome:
 class _StreamState:
     """Per-source state that outlives a batch (and, through the position, a restart)."""
 
-    detectors: list[FeatureDriftDetector]
+    detectors: DetectorSet
+    grouper: Grouper
     # (offset key, raw index, id, timestamp) of the latest records fed to the detectors: at
     # least a window and a batch, so every window reported in a batch can be named end to end.
     window_keys: deque[tuple[str, int, str | None, str | None]]
@@ -82,13 +96,16 @@ class Pipeline:
 
     def __init__(self, config: AgentConfig, encoder: Encoder, reference: FeatureBatch,
                  store: Store, metrics: Metrics, *,
-                 should_stop: Callable[[], bool] = lambda: False) -> None:
+                 should_stop: Callable[[], bool] = lambda: False,
+                 model: Any = None) -> None:
         self.config = config
         self.encoder = encoder
         self.reference = reference
         self.store = store
         self.metrics = metrics
+        self.model = model  # the ModelRuntime (a ModelHandle that can pin per batch), or None
         self.policy = IncidentPolicy(config.incidents)
+        self.record_policy = RecordIncidents(config.incidents)
         self._should_stop = should_stop
         self._states: dict[str, _StreamState] = {}
         self._lock = threading.Lock()  # one batch or timer test at a time touches detector state
@@ -96,15 +113,29 @@ class Pipeline:
     # --- sources ---------------------------------------------------------------------------
 
     def attach(self, source: Source) -> None:
-        """Open a source where the last commit left it, rebuilding window state if needed."""
+        """Open a source where the last commit left it, rebuilding detector state if needed."""
         position = self.store.load_position(source.name) or {}
-        state = _StreamState(detectors=self._new_detectors(),
-                             window_keys=deque(maxlen=self._window_size()
-                                               + self.config.pipeline.batch_size))
+        detectors = DetectorSet(self.config, self.reference, self.model)
+        cfg = self.config.incidents
+        grouper = Grouper(span_records=cfg.group_span_records, span_s=cfg.group_span_s,
+                          examples=cfg.examples_per_incident)
+        grouper.restore(position.get("groups") or [])
+        state = _StreamState(detectors=detectors, grouper=grouper,
+                             window_keys=deque(maxlen=detectors.buffer_size(
+                                 self.config.pipeline.batch_size)))
         state.processed_total = int(position.get("processed", 0))
         state.rejected_total = int(position.get("rejected", 0))
-        if position.get("rewind") is not None and state.detectors:
-            source.open(position["rewind"])
+        can_resume = getattr(source, "can_resume", None)
+        rewind = position.get("rewind")
+        if rewind is not None and can_resume is not None and not can_resume(rewind):
+            # The file the window began in is gone or replaced: re-reading from there would
+            # take records of another file for committed ones. Resume after the commit and
+            # let the windows refill instead.
+            log.warning("source %s: the records to rebuild detector windows from are gone; "
+                        "resuming after the last commit with empty windows", source.name)
+            rewind = None
+        if rewind is not None and detectors.stateful:
+            source.open(rewind)
             state.warmup_remaining = int(position.get("warmup", 0))
             log.info("source %s: rebuilding detector windows from %d committed records",
                      source.name, state.warmup_remaining)
@@ -116,19 +147,6 @@ class Pipeline:
         """(processed, rejected) for a source over its whole life, as committed."""
         state = self._states[source]
         return state.processed_total, state.rejected_total
-
-    def _window_size(self) -> int:
-        return self.config.detectors.feature_drift.window
-
-    def _new_detectors(self) -> list[FeatureDriftDetector]:
-        cfg = self.config.detectors.feature_drift
-        if not cfg.enabled:
-            return []
-        detector = FeatureDriftDetector(
-            "feature_drift", window=cfg.window, step=cfg.step, alpha=cfg.alpha,
-            correction=cfg.correction, top_k=cfg.top_k, min_window=cfg.min_window)
-        detector.fit(self.reference)
-        return [detector]
 
     # --- one batch ---------------------------------------------------------------------------
 
@@ -154,12 +172,18 @@ class Pipeline:
                 quarantine.append(self._quarantined(batch.source, records[index], err.reason,
                                                     err.detail))
         ok_index = np.asarray(parsed, dtype=np.int64)[encoded.ok]
+        fresh = np.flatnonzero(ok_index >= warm)
 
         drift_rows: list[NewDriftReport] = []
         incidents: list[NewIncident] = []
-        with self._lock:
+        updates: list[IncidentUpdate] = []
+        examples: list[IncidentExample] = []
+        with self._lock, self._pinned_model() as model:
+            features = encoded.features
+            if model is not None and state.detectors.needs_embeddings and len(features):
+                features = features.with_embeddings(model.embed(features.encoded))
             for report, end_key, end_index, span in self._feed_windows(
-                    state, records, encoded, ok_index, base):
+                    state, records, encoded, features, ok_index, base):
                 if end_index < warm:
                     continue  # this window was committed before the restart
                 stored, incident = self.policy.drift_records(report, source=batch.source,
@@ -169,31 +193,45 @@ class Pipeline:
                     incidents.append(incident)
                 self._observe_report(report)
                 outcome.windows_tested += 1
+            judgements = state.detectors.judge(features, fresh)
+            found, updates, examples = self._record_findings(
+                state, judgements, features, encoded, records, ok_index, batch,
+                model_version=None if model is None else model.version, outcome=outcome)
+            incidents.extend(found)
 
-        fresh_ok = int((ok_index >= warm).sum())
         outcome.received = len(records) - warm
-        outcome.processed = fresh_ok
+        outcome.processed = int(fresh.size)
         outcome.rejected = Counter(q.reason for q in quarantine)
-        state.processed_total += fresh_ok
+        state.processed_total += int(fresh.size)
         state.rejected_total += len(quarantine)
+        state.grouper.close_expired(state.processed_total)
 
         result = self._commit(source=batch.source, position=self._position(state, source, batch),
-                              incidents=incidents, quarantine=quarantine, drift_reports=drift_rows)
+                              incidents=incidents, quarantine=quarantine, drift_reports=drift_rows,
+                              incident_updates=updates, examples=examples)
         source.ack(batch)
         self._count_incidents(incidents, result, outcome)
         outcome.seconds = time.perf_counter() - started
         self._observe_batch(batch, outcome, source)
         return outcome
 
+    @contextlib.contextmanager
+    def _pinned_model(self) -> Iterator[Any]:
+        if self.model is None:
+            yield None
+            return
+        with self.model.pinned() as model:
+            yield model
+
     def _feed_windows(self, state: _StreamState, records: Sequence[RawRecord],
-                      encoded: Encoded, ok_index: np.ndarray,
+                      encoded: Encoded, features: FeatureBatch, ok_index: np.ndarray,
                       base: int) -> list[tuple[DriftReport, str, int, dict[str, Any]]]:
         """Feed window detectors; each report is named after the record that closed its window.
 
         The span says which records a window covered (first and last offset key, and the
         schema's id and timestamp fields when it names them), so an analyst can go and look.
         """
-        if not state.detectors or len(ok_index) == 0:
+        if not state.detectors.stateful or len(ok_index) == 0:
             return []
         keys = [records[i].offset_key for i in ok_index]
         n = len(keys)
@@ -202,53 +240,101 @@ class Pipeline:
         state.window_keys.extend(zip(keys, (base + ok_index).tolist(), ids, times, strict=True))
         state.last_key = keys[-1]
         out: list[tuple[DriftReport, str, int, dict[str, Any]]] = []
-        for detector in state.detectors:
-            before = detector.records_seen
-            for report in detector.update(encoded.features):
-                last = report.records_seen - before - 1  # the record that closed this window
-                end = len(state.window_keys) - (n - last)
-                out.append((report, keys[last], int(ok_index[last]),
-                            _span(state.window_keys, end - report.n_window + 1, end)))
+        for _, before, report in state.detectors.feed_windows(features):
+            last = report.records_seen - before - 1  # the record that closed this window
+            end = len(state.window_keys) - (n - last)
+            out.append((report, keys[last], int(ok_index[last]),
+                        _span(state.window_keys, end - report.n_window + 1, end)))
         state.fed_since_test = 0 if out else state.fed_since_test + len(keys)
         return out
 
+    def _record_findings(self, state: _StreamState, judgements: list[Judgement],
+                         features: FeatureBatch, encoded: Encoded,
+                         records: Sequence[RawRecord], ok_index: np.ndarray, batch: Batch, *,
+                         model_version: str | None, outcome: BatchOutcome,
+                         ) -> tuple[list[NewIncident], list[IncidentUpdate], list[IncidentExample]]:
+        """Group the flagged fresh records into incidents, with explanations for a few."""
+        findings: list[tuple[int, int, Finding]] = []
+        verdicts = {}
+        for order, judgement in enumerate(judgements):
+            detector, verdict = judgement.detector, judgement.verdict
+            verdicts[detector.name] = (detector, judgement)
+            for i in np.flatnonzero(verdict.flagged):
+                row = int(judgement.rows[i])
+                kind = verdict.kind_of(int(i), detector.kind)
+                predicted = (None if verdict.predicted_class is None
+                             or verdict.predicted_class[i] is None
+                             else str(verdict.predicted_class[i]))
+                time_field = None if encoded.times is None else encoded.times[row]
+                findings.append((int(i), order, Finding(
+                    detector=detector.name, kind=kind, predicted=predicted,
+                    index=state.processed_total + int(i),
+                    offset=records[int(ok_index[row])].offset_key,
+                    time=record_time(time_field), row=row)))
+                outcome.findings[kind] += 1
+                self.metrics.findings.labels(detector.name, kind,
+                                             bounded_class(predicted)).inc()
+        if not findings:
+            return [], [], []
+        findings.sort(key=lambda item: (item[0], item[1]))
+        placements = state.grouper.place(f for _, _, f in findings)
+        contexts = self._contexts(placements, verdicts, features, encoded, records, ok_index,
+                                  batch)
+        return self.record_policy.rows(placements, contexts, source=batch.source,
+                                       model_version=model_version)
+
+    def _contexts(self, placements: list[Placement], verdicts: dict[str, Any],
+                  features: FeatureBatch, encoded: Encoded, records: Sequence[RawRecord],
+                  ok_index: np.ndarray, batch: Batch) -> dict[tuple[str, int], RecordContext]:
+        """Details, and the detector's explanation, of the records incidents will show."""
+        wanted: dict[str, list[int]] = {}
+        for placement in placements:
+            if placement.opened or placement.example:
+                rows = wanted.setdefault(placement.finding.detector, [])
+                if placement.finding.row not in rows:
+                    rows.append(placement.finding.row)
+        contexts: dict[tuple[str, int], RecordContext] = {}
+        for name, rows in wanted.items():
+            detector, judgement = verdicts[name]
+            explanations = detector.explain(features, rows)
+            position = {int(r): i for i, r in enumerate(judgement.rows)}
+            verdict = judgement.verdict
+            for row, explanation in zip(rows, explanations, strict=True):
+                i = position[row]
+                record = records[int(ok_index[row])]
+                contexts[(name, row)] = RecordContext(
+                    excerpt=record.raw[:EXCERPT_CHARS], fields=record.fields,
+                    textual=batch.textual, features=encoded.x[row].astype(float).tolist(),
+                    score=float(verdict.score[i]),
+                    p_value=None if verdict.p_value is None else float(verdict.p_value[i]),
+                    confidence=(None if verdict.confidence is None
+                                else float(verdict.confidence[i])),
+                    explanation=explanation)
+        return contexts
+
     def _position(self, state: _StreamState, source: Source, batch: Batch) -> dict[str, Any]:
-        """Where to resume: the source's own position, plus how to rebuild the window."""
+        """Where to resume: the source's own position, how to rebuild state, open groups."""
         position: dict[str, Any] = {
             "source": batch.position,
             "processed": state.processed_total,
             "rejected": state.rejected_total,
             "rewind": None,
             "warmup": 0,
+            "groups": state.grouper.saved(),
         }
         position_at = getattr(source, "position_at", None)
-        if state.window_keys and state.detectors and position_at is not None:
-            oldest_key, oldest_raw, _, _ = state.window_keys[self._rewind_index(state)]
+        replay = state.detectors.records_to_replay()
+        if state.window_keys and replay and position_at is not None:
+            buffered = len(state.window_keys)
+            if replay > buffered:
+                log.debug("source %s: %d records to replay, %d remembered", source.name,
+                          replay, buffered)
+            oldest_key, oldest_raw, _, _ = state.window_keys[max(0, buffered - replay)]
             rewind = position_at(oldest_key)
             if rewind is not None:
                 position["rewind"] = rewind
                 position["warmup"] = state.raw_seen - oldest_raw
         return position
-
-    @staticmethod
-    def _rewind_index(state: _StreamState) -> int:
-        """Index in ``window_keys`` of the first record of the next window to be reported.
-
-        Re-reading from there after a restart makes the detector's next report fall on exactly
-        the record it would have fallen on without the restart (its schedule is window, then
-        every step), so the windows tested, and the incidents keyed by them, are the same.
-        """
-        buffered = len(state.window_keys)
-        first = buffered
-        for detector in state.detectors:
-            seen = detector.records_seen
-            if seen < detector.window:
-                due = detector.window
-            else:
-                reports_done = (seen - detector.window) // detector.step + 1
-                due = detector.window + reports_done * detector.step
-            first = min(first, max(0, due - detector.window) - (seen - buffered))
-        return max(0, min(first, buffered - 1))
 
     # --- timer-driven tests --------------------------------------------------------------------
 
@@ -262,11 +348,12 @@ class Pipeline:
         tested = 0
         with self._lock:
             for name, state in self._states.items():
-                if not state.detectors or state.fed_since_test == 0 or state.last_key is None:
+                if (not state.detectors.windows or state.fed_since_test == 0
+                        or state.last_key is None):
                     continue
                 drift_rows: list[NewDriftReport] = []
                 incidents: list[NewIncident] = []
-                for detector in state.detectors:
+                for detector in state.detectors.windows:
                     report = detector.test()
                     if report is None:
                         continue
@@ -297,7 +384,21 @@ class Pipeline:
         the batch in hand and the source keeps the rest: memory stays bounded however long the
         outage. Stopping during an outage gives up; the uncommitted batch is replayed at the
         next start.
+
+        A batch the database refuses outright (``StoreRejected``) is never retried as it is:
+        every retry and every restart would read and refuse the same batch, and ingestion would
+        stop for good. Its refused rows are stored degraded instead (``agent.salvage``),
+        counted and logged.
         """
+        with self.metrics.in_flight.track():
+            try:
+                result = self._commit_retrying(**kwargs)
+            except StoreRejected as exc:
+                result = self._commit_salvaging(exc, **kwargs)
+        self.metrics.last_commit.set_to_current_time()
+        return result
+
+    def _commit_retrying(self, **kwargs: Any) -> CommitResult:
         delay = 0.2
         buffered = False
         while True:
@@ -316,6 +417,18 @@ class Pipeline:
                 log.warning("database unavailable (%s); retrying in %.1fs", exc, delay)
                 _sleep_unless(self._should_stop, delay)
                 delay = min(delay * 2, self.config.storage.retry_max_backoff_s)
+
+    def _commit_salvaging(self, refusal: StoreRejected, **kwargs: Any) -> CommitResult:
+        result, salvage = commit_salvaging(self._commit_retrying, **kwargs)
+        for table, count in salvage.degraded.items():
+            self.metrics.rows_degraded.labels(table, "degraded").inc(count)
+        for table, count in salvage.dropped.items():
+            self.metrics.rows_degraded.labels(table, "dropped").inc(count)
+        log.warning("the database refused a batch from source %s (%s); stored %d row(s) with "
+                    "their text in ASCII escapes and dropped %d: %s", kwargs["source"], refusal,
+                    sum(salvage.degraded.values()), sum(salvage.dropped.values()),
+                    dict(salvage.degraded + salvage.dropped))
+        return result
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -355,6 +468,10 @@ class Pipeline:
         if lag is not None:
             m.source_lag.labels(batch.source).set(lag)
         m.source_exhausted.labels(batch.source).set(1 if batch.exhausted else 0)
+        take_skipped = getattr(source, "take_skipped", None)  # file sources only
+        if take_skipped is not None:
+            for reason, skipped_bytes in take_skipped().items():
+                m.source_skipped.labels(batch.source, reason).inc(skipped_bytes)
 
 
 def _span(entries: deque[tuple[str, int, str | None, str | None]], first: int,

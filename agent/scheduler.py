@@ -1,4 +1,5 @@
-"""Periodic work on APScheduler 3.x: drift tests on a timer, retention, SQLite checkpoints.
+"""Periodic work on APScheduler 3.x: drift tests on a timer, retention, SQLite checkpoints,
+and, with the live model, picking up new model versions and adapting to pending labels.
 
 Each job is wrapped so that a failure is logged and counted and never reaches the scheduler
 thread (a dead job thread would silently stop all periodic work), and so that runs, failures
@@ -54,6 +55,13 @@ def build_scheduler(agent: Agent) -> BackgroundScheduler:
     }
     if agent.store.dialect == "sqlite":
         jobs["wal_checkpoint"] = (agent.store.checkpoint, cfg.checkpoint_interval_s)
+    runtime, adapter = agent.runtime, agent.adapter
+    if runtime is not None and adapter is not None:
+        # Another replica (or `metasentry adapt`, `models activate`) may activate a version;
+        # labels given with the CLI reach this process through the database.
+        jobs["model_refresh"] = (runtime.refresh, agent.config.model.poll_interval_s)
+        jobs["adaptation_check"] = (lambda: adapter.run_if_ready("labels: scheduled check"),
+                                    agent.config.adaptation.check_interval_s)
     first_run = datetime.now(UTC) + timedelta(seconds=1)
     for name, (job, interval) in jobs.items():
         metrics = agent.metrics

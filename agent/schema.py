@@ -216,6 +216,7 @@ class Encoder:
         errors = [RecordError(int(i), str(reasons[i]), str(details[i]))
                   for i in np.flatnonzero(~ok)]
         categorical_specs = self._by_type("categorical") + self._by_type("boolean")
+        labels = self._optional_field(self.schema.label, records, ok)
         batch = FeatureBatch(
             numeric=(np.stack(numeric_raw, axis=1)[ok] if numeric_raw
                      else np.zeros((int(ok.sum()), 0))),
@@ -228,9 +229,10 @@ class Encoder:
                 for f in categorical_specs
             ),
             encoded=x,
+            labels=labels,
         )
         return Encoded(x=x, ok=ok, errors=errors, features=batch,
-                       labels=self._optional_field(self.schema.label, records, ok),
+                       labels=labels,
                        ids=self._optional_field(self.schema.id, records, ok),
                        times=self._optional_field(self.schema.timestamp, records, ok))
 

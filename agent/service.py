@@ -9,14 +9,18 @@ leaves a half-processed batch behind.
 
 from __future__ import annotations
 
+import functools
 import gc
+import hashlib
 import logging
+import os
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from adapters.base import Source
 from adapters.files import CsvFileSource, JsonlFileSource
@@ -29,11 +33,17 @@ from agent.config import (
     StdinSourceConfig,
 )
 from agent.datafile import read_records
+from agent.health import READINESS_TIMEOUT_S, BoundedProbe
 from agent.metrics import Metrics
 from agent.pipeline import BatchOutcome, Pipeline
 from agent.schema import Encoder
 from detectors.base import FeatureBatch
-from storage import Store
+from storage import Store, StoreTimeouts, StoreUnavailable
+from storage.records import MAX_SOURCE_CHARS
+
+if TYPE_CHECKING:
+    from agent.adaptation import Adapter
+    from agent.model_runtime import ModelRuntime
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +106,15 @@ def build_source(config: AgentConfig, spec: SourceConfig) -> Source:
     raise TypeError(f"unsupported source config {type(spec).__name__}")
 
 
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes (the reference's identity in model versions)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def fit_reference(config: AgentConfig) -> tuple[Encoder, FeatureBatch]:
     """Fit the encoder on the reference file and return the encoded reference."""
     ref = config.reference
@@ -120,9 +139,12 @@ class Agent:
         self.metrics.set_config(config.sha256)
         self.metrics.ready.set(0)
         self.stop_event = threading.Event()
-        self.store = Store(config.storage_url())
+        self.store = Store(config.storage_url(),
+                           timeouts=StoreTimeouts(**config.storage.timeouts.model_dump()))
         self.encoder: Encoder | None = None
         self.pipeline: Pipeline | None = None
+        self.runtime: ModelRuntime | None = None
+        self.adapter: Adapter | None = None
         self.sources: list[Source] = []
         self.totals = RunTotals()
 
@@ -133,12 +155,42 @@ class Agent:
         log.info("database %s: applying migrations", self.store.redacted_url)
         self.store.upgrade()
         self.encoder, reference = fit_reference(self.config)
+        if self.config.model.enabled:
+            self.start_model(reference)
         self.pipeline = Pipeline(self.config, self.encoder, reference, self.store, self.metrics,
-                                 should_stop=self.stop_event.is_set)
+                                 should_stop=self.stop_event.is_set, model=self.runtime)
         active = self.store.active_model_version()
         if active is not None:
             self.metrics.set_model(active.version, active.algorithm, active.sha256)
         self.metrics.ready.set(1 if self.is_ready() else 0)
+
+    def start_model(self, reference: FeatureBatch) -> None:
+        """Serve the registry's active model version (creating version 1 on a new database)."""
+        from agent.adaptation import Adapter
+        from agent.model_runtime import ModelRuntime
+
+        assert self.encoder is not None
+        self.runtime = ModelRuntime(
+            self.config, self.encoder, reference, self.store, self.metrics,
+            reference_sha256=file_sha256(self.config.resolve(self.config.reference.path)))
+        version = self.runtime.start()
+        self.adapter = Adapter(self.config, self.store, self.runtime, self.metrics)
+        log.info("model version %s (%s) serving: %d classes", version.version,
+                 version.algorithm, len(version.classes or []))
+
+    def adapt_soon(self, trigger: str) -> None:
+        """Adapt in the background if labels are ready (the API answers without waiting)."""
+        adapter = self.adapter
+        if adapter is None:
+            return
+
+        def run() -> None:
+            try:
+                adapter.run_if_ready(trigger)
+            except Exception:  # logged and counted by the adapter; the API call succeeded
+                log.exception("background adaptation failed")
+
+        threading.Thread(target=run, name="adaptation", daemon=True).start()
 
     def attach(self, source: Source) -> None:
         assert self.pipeline is not None, "prepare() first"
@@ -149,19 +201,50 @@ class Agent:
         for spec in self.config.sources:
             self.attach(build_source(self.config, spec))
 
+    #: longest a readiness check waits for the database before answering "not reachable"
+    readiness_timeout_s: float = READINESS_TIMEOUT_S
+    _was_ready: bool | None = None
+
     def is_ready(self) -> bool:
-        return self.pipeline is not None and self.store.ping() and self.store.at_head()
+        return self.pipeline is not None and all(self.readiness().values())
 
     def readiness(self) -> dict[str, bool]:
-        """Each readiness condition on its own, for /readyz."""
-        reachable = self.store.ping()
+        """Each readiness condition on its own, for /readyz and the health monitor.
+
+        Bounded by ``readiness_timeout_s`` however the database behaves: a probe that has not
+        answered by then counts as "database not reachable".
+        """
+        try:
+            reachable, at_head = self._database_probe(self.readiness_timeout_s)
+        except TimeoutError:
+            reachable = at_head = False
         checks = {
             "reference_fitted": self.encoder is not None and self.encoder.is_fitted,
             "database_reachable": reachable,
-            "migrations_at_head": reachable and self.store.at_head(),
+            "migrations_at_head": at_head,
         }
-        self.metrics.ready.set(1 if all(checks.values()) else 0)
+        ready = all(checks.values())
+        if ready != self._was_ready:  # once per change: this runs every few seconds
+            if ready:
+                log.info("agent is ready")
+            else:
+                log.warning("agent is not ready: %s",
+                            ", ".join(name for name, ok in checks.items() if not ok))
+            self._was_ready = ready
+        self.metrics.ready.set(1 if ready else 0)
         return checks
+
+    @functools.cached_property
+    def _database_probe(self) -> BoundedProbe[tuple[bool, bool]]:
+        return BoundedProbe(self._probe_database, name="readiness-probe")
+
+    def _probe_database(self) -> tuple[bool, bool]:
+        """(reachable, schema at head); the store's own timeouts end it eventually."""
+        try:
+            reachable = self.store.ping()
+            return reachable, reachable and self.store.at_head()
+        except StoreUnavailable:
+            return False, False
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -215,9 +298,17 @@ class Agent:
 
 
 def default_source_name(path: Path) -> str:
-    """A source name for an ad-hoc replay file: stable, so a rerun resumes instead of repeating."""
+    """A source name for an ad-hoc replay file: stable, so a rerun resumes instead of repeating.
+
+    Names longer than the store's source column (255) end in a digest of the whole file name
+    instead, so two long names that share a prefix still get different sources.
+    """
     stem = "".join(c if c.isalnum() or c in "_.-" else "_" for c in path.name)
-    return f"replay:{stem}"
+    name = f"replay:{stem}"
+    if len(name) <= MAX_SOURCE_CHARS:
+        return name
+    digest = hashlib.sha256(os.fsencode(path.name)).hexdigest()[:16]
+    return f"{name[:MAX_SOURCE_CHARS - len(digest) - 1]}-{digest}"
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.05) -> bool:

@@ -1,42 +1,82 @@
-"""What judges records: distribution shift, adversarial inputs, poisoning, novelty.
+"""What judges records: distribution shift, suspicious labels, and the live model's verdicts.
 
 Every detector is fitted on reference data and calibrated to a false-alarm rate; the contract
 is in :mod:`detectors.base`. :data:`DETECTOR_TYPES` maps each configuration ``type:`` to its
-class, and the conformance suite in :mod:`detectors._testing` runs over every entry.
+class (each class carries its own ``Config`` model and builds itself with ``from_config``), and
+the conformance suite in :mod:`detectors.checks` runs over every entry.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Any
 
 from detectors.base import (
-    CategoryShift,
     Detector,
+    DetectorConfig,
+    DetectorContext,
     DriftReport,
     FeatureBatch,
+    FeatureResult,
     FeatureSchemaError,
-    FeatureTest,
+    LabelledDetector,
+    ModelHandle,
     NotFittedError,
+    RecordDetector,
     Verdict,
     WindowDetector,
 )
-from detectors.feature_drift import FeatureDriftDetector
+from detectors.classifier import ClassifierConfig, ClassifierDetector
+from detectors.feature_drift import (
+    CategoryShift,
+    FeatureDriftConfig,
+    FeatureDriftDetector,
+    FeatureTest,
+)
+from detectors.label_consistency import LabelConsistencyConfig, LabelConsistencyDetector
 
 __all__ = [
     "DETECTOR_TYPES",
     "CategoryShift",
+    "ClassifierConfig",
+    "ClassifierDetector",
     "Detector",
+    "DetectorConfig",
+    "DetectorContext",
     "DriftReport",
     "FeatureBatch",
+    "FeatureDriftConfig",
     "FeatureDriftDetector",
+    "FeatureResult",
     "FeatureSchemaError",
     "FeatureTest",
+    "LabelConsistencyConfig",
+    "LabelConsistencyDetector",
+    "LabelledDetector",
+    "ModelHandle",
     "NotFittedError",
+    "RecordDetector",
     "Verdict",
     "WindowDetector",
+    "build_detector",
 ]
 
-DETECTOR_TYPES: Mapping[str, type[Detector]] = MappingProxyType(
-    {"feature_drift": FeatureDriftDetector}
+DETECTOR_TYPES: Mapping[str, Any] = MappingProxyType(
+    {
+        "feature_drift": FeatureDriftDetector,
+        "classifier": ClassifierDetector,
+        "label_consistency": LabelConsistencyDetector,
+    }
 )
+
+
+def build_detector(config: DetectorConfig, context: DetectorContext) -> Any:
+    """The detector a ``detectors:`` entry describes, built and fitted."""
+    try:
+        detector_class = DETECTOR_TYPES[config.type]
+    except KeyError:
+        raise ValueError(
+            f"unknown detector type {config.type!r}; use one of {sorted(DETECTOR_TYPES)}."
+        ) from None
+    return detector_class.from_config(config, context)

@@ -1,33 +1,45 @@
-"""The detector contract: what detectors see, what they return, and the errors they raise.
+"""The detector contract: what detectors see, what they return, and how they are built.
 
-Every detector is fitted on reference data and then judges new data against it. Two families
-share this contract:
+Every detector is fitted on reference data and then judges new data against it, in one of
+three families that the pipeline runs side by side on every batch:
 
-* window detectors (:class:`WindowDetector`) accumulate records and test whole windows against
-  the reference, returning :class:`DriftReport` objects;
-* per-record detectors return a :class:`Verdict` per batch, one entry per record.
+* **window detectors** (:class:`WindowDetector`) accumulate records and test whole windows
+  against the reference, returning :class:`DriftReport` objects;
+* **record detectors** (:class:`RecordDetector`) give every record of a batch a calibrated
+  verdict of its own (:class:`Verdict`, one p-value per record);
+* **labelled-data detectors** (:class:`LabelledDetector`) judge records *together with their
+  labels* (mislabelled or planted records in a labelled stream, suspicious analyst labels).
 
-Results are frozen dataclasses rather than tuples so that they can grow fields without breaking
-callers, and every result carries a p-value or a calibrated threshold plus an explanation.
+A detector class builds itself from its ``detectors:`` entry in ``agent.yaml``
+(:meth:`Detector.from_config`, with its own pydantic ``Config`` model) and a
+:class:`DetectorContext` (the reference batch, and the live model when one is loaded), so the
+pipeline constructs whatever is configured through :data:`detectors.DETECTOR_TYPES` without
+knowing any class by name. Results are frozen dataclasses rather than tuples so that they can
+grow fields without breaking callers, and every result carries a p-value or a calibrated
+threshold plus an explanation.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
-    "CategoryShift",
     "Detector",
+    "DetectorConfig",
+    "DetectorContext",
     "DriftReport",
     "FeatureBatch",
+    "FeatureResult",
     "FeatureSchemaError",
-    "FeatureTest",
+    "LabelledDetector",
     "NotFittedError",
+    "RecordDetector",
     "Verdict",
     "WindowDetector",
 ]
@@ -72,6 +84,13 @@ class FeatureBatch:
         Per categorical column, the fitted vocabulary (without the unknown bucket).
     encoded
         float32 ``[n, d]``: the model input matrix (``d`` may be 0 when no model is involved).
+    labels
+        object ``[n]``: each record's label (``str``, or ``None`` where a record carries none),
+        when the schema names a label field; ``None`` otherwise. Labelled-data detectors read it.
+    embeddings
+        float32 ``[n, D]``: the live model's representation of each record, computed once per
+        batch by the pipeline when a model is loaded and shared by every detector that asks for
+        it (``uses_embeddings``); ``None`` when no model is loaded.
     """
 
     numeric: np.ndarray
@@ -80,6 +99,8 @@ class FeatureBatch:
     categorical_names: tuple[str, ...]
     categorical_vocab: tuple[tuple[str, ...], ...]
     encoded: np.ndarray
+    labels: np.ndarray | None = None
+    embeddings: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         numeric = np.asarray(self.numeric, dtype=np.float64)
@@ -97,6 +118,10 @@ class FeatureBatch:
             ("encoded", encoded),
         ):
             object.__setattr__(self, attribute, value)
+        if self.labels is not None:
+            object.__setattr__(self, "labels", np.asarray(self.labels, dtype=object))
+        if self.embeddings is not None:
+            object.__setattr__(self, "embeddings", np.asarray(self.embeddings, dtype=np.float32))
         self._check_shapes()
         self._check_values()
 
@@ -111,6 +136,17 @@ class FeatureBatch:
                 "FeatureBatch arrays must have the same number of rows, got "
                 f"numeric={n}, categorical={self.categorical.shape[0]}, "
                 f"encoded={self.encoded.shape[0]}."
+            )
+        if self.labels is not None and self.labels.shape != (n,):
+            raise ValueError(
+                f"FeatureBatch.labels must hold one entry per record ({n}), got shape "
+                f"{self.labels.shape}."
+            )
+        if self.embeddings is not None and (
+            self.embeddings.ndim != 2 or self.embeddings.shape[0] != n
+        ):
+            raise ValueError(
+                f"FeatureBatch.embeddings must be [{n}, D], got shape {self.embeddings.shape}."
             )
         if self.numeric.shape[1] != len(self.numeric_names):
             raise ValueError(
@@ -133,6 +169,8 @@ class FeatureBatch:
             )
 
     def _check_values(self) -> None:
+        if self.embeddings is not None and not np.isfinite(self.embeddings).all():
+            raise ValueError("FeatureBatch.embeddings holds non-finite values.")
         finite = np.isfinite(self.numeric)
         if not finite.all():
             column = int(np.flatnonzero(~finite.all(axis=0))[0])
@@ -178,7 +216,17 @@ class FeatureBatch:
             categorical_names=self.categorical_names,
             categorical_vocab=self.categorical_vocab,
             encoded=self.encoded[index],
+            labels=None if self.labels is None else self.labels[index],
+            embeddings=None if self.embeddings is None else self.embeddings[index],
         )
+
+    def with_embeddings(self, embeddings: np.ndarray | None) -> FeatureBatch:
+        """The same records carrying the live model's embeddings (or none)."""
+        return dataclasses.replace(self, embeddings=embeddings)
+
+    def with_labels(self, labels: np.ndarray | None) -> FeatureBatch:
+        """The same records carrying labels (or none)."""
+        return dataclasses.replace(self, labels=labels)
 
     @staticmethod
     def concat(batches: Sequence[FeatureBatch]) -> FeatureBatch:
@@ -191,6 +239,8 @@ class FeatureBatch:
                 raise FeatureSchemaError(
                     f"FeatureBatch.concat: batch {position} has a different schema from batch 0."
                 )
+        labelled = all(b.labels is not None for b in batches)
+        embedded = all(b.embeddings is not None for b in batches)
         return FeatureBatch(
             numeric=np.concatenate([b.numeric for b in batches], axis=0),
             numeric_names=first.numeric_names,
@@ -198,14 +248,24 @@ class FeatureBatch:
             categorical_names=first.categorical_names,
             categorical_vocab=first.categorical_vocab,
             encoded=np.concatenate([b.encoded for b in batches], axis=0),
+            labels=np.concatenate([b.labels for b in batches]) if labelled else None,  # type: ignore[misc]
+            embeddings=(np.concatenate([b.embeddings for b in batches], axis=0)  # type: ignore[misc]
+                        if embedded else None),
         )
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """One per-record detector's judgement of one batch, one entry per record.
+    """A record or labelled-data detector's judgement of one batch, one entry per record.
 
-    ``p_value`` is ``None`` for detectors calibrated by threshold rather than by test.
+    ``flagged`` says which records the detector reports at its configured false-alarm rate;
+    ``score`` orders records by suspicion (higher = more suspicious); ``p_value`` is each
+    record's calibrated p-value (``None`` only for detectors calibrated by threshold rather
+    than by test). ``kind`` names what a flagged record is (for the classifier ``"attack"`` or
+    ``"novel"``; empty for unflagged records) and ``predicted_class``/``confidence`` carry a
+    classifier's answer for every record; all three are ``None`` when a detector has nothing
+    to say there. ``explanation`` is about the batch as a whole; per-record explanations come
+    from :meth:`RecordDetector.explain` for the few records a person will look at.
     """
 
     detector: str
@@ -213,6 +273,9 @@ class Verdict:
     score: np.ndarray
     p_value: np.ndarray | None
     explanation: Mapping[str, Any] = field(default_factory=dict)
+    kind: np.ndarray | None = None
+    predicted_class: np.ndarray | None = None
+    confidence: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         flagged = np.asarray(self.flagged, dtype=bool)
@@ -232,125 +295,49 @@ class Verdict:
                     f"got {p_value.shape}."
                 )
             object.__setattr__(self, "p_value", p_value)
+        for name, dtype in (("kind", object), ("predicted_class", object),
+                            ("confidence", np.float64)):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            array = np.asarray(value, dtype=dtype)
+            if array.shape != score.shape:
+                raise ValueError(
+                    f"Verdict.{name} must have the shape of Verdict.score {score.shape}, "
+                    f"got {array.shape}."
+                )
+            object.__setattr__(self, name, array)
+
+    def __len__(self) -> int:
+        return int(self.score.shape[0])
+
+    def kind_of(self, index: int, default: str) -> str:
+        """The finding kind of record ``index``, or ``default`` when the detector names none."""
+        if self.kind is None:
+            return default
+        return str(self.kind[index] or default)
 
 
-@dataclass(frozen=True)
-class CategoryShift:
-    """How the share of one known category moved between the reference and the window."""
-
-    category: str
-    reference_fraction: float
-    window_fraction: float
-
-    @property
-    def change(self) -> float:
-        """Window share minus reference share (positive: more frequent now)."""
-        return self.window_fraction - self.reference_fraction
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "category": self.category,
-            "reference_fraction": self.reference_fraction,
-            "window_fraction": self.window_fraction,
-        }
-
-
-@dataclass(frozen=True)
-class FeatureTest:
-    """The outcome of one feature's two-sample test, with how the feature moved.
-
-    ``effect_size`` puts numeric and categorical features on one scale in ``[0, 1]``: the KS
-    distance for numeric features and the total-variation distance between the category shares
-    for categorical ones (the two coincide for a binary feature). It ranks features when their
-    p-values are equally extreme.
-
-    Numeric features fill ``reference_mean``, ``window_mean``, ``reference_std`` and
-    ``window_std``; categorical features fill ``new_categories`` (window records in the unknown
-    bucket), ``new_category_fraction`` and ``reference_new_category_fraction`` (the same share
-    in the reference, usually 0) and ``category_shifts`` (the known categories whose share moved
-    most, largest move first). The fields of the other kind are ``None`` or empty.
-    """
+@runtime_checkable
+class FeatureResult(Protocol):
+    """One feature's share of a window test, as a drift report lists it."""
 
     name: str
-    kind: Literal["numeric", "categorical"]
-    test: Literal["ks", "chi2"]
-    statistic: float
-    p_value: float
-    adjusted_p_value: float
     rejected: bool
-    effect_size: float
-    degrees_of_freedom: int | None = None
-    reference_mean: float | None = None
-    window_mean: float | None = None
-    reference_std: float | None = None
-    window_std: float | None = None
-    new_categories: int | None = None
-    new_category_fraction: float | None = None
-    reference_new_category_fraction: float | None = None
-    category_shifts: tuple[CategoryShift, ...] = ()
+    p_value: float
 
-    def describe_movement(self) -> str:
-        """A few words on how the feature moved, for one-line summaries."""
-        if self.kind == "numeric":
-            return self._describe_numeric_movement()
-        return self._describe_categorical_movement()
+    def describe_movement(self) -> str: ...
 
-    def _describe_numeric_movement(self) -> str:
-        ref_mean, win_mean = self.reference_mean or 0.0, self.window_mean or 0.0
-        ref_std, win_std = self.reference_std or 0.0, self.window_std or 0.0
-        scale = max(ref_std, win_std, 1e-12)
-        standardised_mean_move = abs(win_mean - ref_mean) / scale
-        std_move = abs(math.log((win_std + 1e-12) / (ref_std + 1e-12)))
-        if std_move > standardised_mean_move:
-            return f"{self.name} std {ref_std:.4g}→{win_std:.4g}"
-        return f"{self.name} mean {ref_mean:.4g}→{win_mean:.4g}"
-
-    def _describe_categorical_movement(self) -> str:
-        unseen_share = self.new_category_fraction or 0.0
-        reference_unseen_share = self.reference_new_category_fraction or 0.0
-        unseen_move = unseen_share - reference_unseen_share
-        if reference_unseen_share > 0.0:
-            unseen = (
-                f"unseen categories {_percent(reference_unseen_share)}→{_percent(unseen_share)}"
-            )
-        else:
-            unseen = f"{_percent(unseen_share)} unseen categories"
-        top_shift = self.category_shifts[0] if self.category_shifts else None
-        if top_shift is None or abs(unseen_move) >= abs(top_shift.change):
-            return f"{self.name}: {unseen}"
-        moved = (
-            f"{top_shift.category} {_percent(top_shift.reference_fraction)}"
-            f"→{_percent(top_shift.window_fraction)}"
-        )
-        if unseen_share >= 0.01 and unseen_move > 0.0:
-            return f"{self.name}: {moved}, {unseen}"
-        return f"{self.name}: {moved}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "test": self.test,
-            "statistic": self.statistic,
-            "p_value": self.p_value,
-            "adjusted_p_value": self.adjusted_p_value,
-            "rejected": self.rejected,
-            "effect_size": self.effect_size,
-            "degrees_of_freedom": self.degrees_of_freedom,
-            "reference_mean": self.reference_mean,
-            "window_mean": self.window_mean,
-            "reference_std": self.reference_std,
-            "window_std": self.window_std,
-            "new_categories": self.new_categories,
-            "new_category_fraction": self.new_category_fraction,
-            "reference_new_category_fraction": self.reference_new_category_fraction,
-            "category_shifts": [shift.to_dict() for shift in self.category_shifts],
-        }
+    def to_dict(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
 class DriftReport:
     """One window tested against the reference: the verdict and why.
+
+    ``features`` holds one result per tested feature (for univariate drift, a
+    :class:`detectors.feature_drift.FeatureTest`); multivariate detectors fill it with whatever
+    per-feature attribution they have, possibly nothing.
 
     ``statistic`` is the largest per-feature ``effect_size`` (KS distance or total-variation
     distance, both in ``[0, 1]``), chosen over the raw test statistics because KS distances and
@@ -368,11 +355,11 @@ class DriftReport:
     statistic: float
     p_value: float
     rejected: bool
-    features: tuple[FeatureTest, ...]
+    features: tuple[FeatureResult, ...]
     top_features: tuple[str, ...]
     records_seen: int
 
-    def feature(self, name: str) -> FeatureTest:
+    def feature(self, name: str) -> FeatureResult:
         """The test of the feature called ``name``."""
         for feature_test in self.features:
             if feature_test.name == name:
@@ -412,9 +399,49 @@ class DriftReport:
         }
 
 
-def _percent(share: float) -> str:
-    """A share as a percentage, with a decimal for small shares so that 0.4% does not read 0%."""
-    return f"{share:.1%}" if 0.0 < share < 0.1 else f"{share:.0%}"
+# --- building detectors from configuration ------------------------------------------------
+
+
+class DetectorConfig(BaseModel):
+    """The fields every ``detectors:`` entry has; each detector class extends it.
+
+    ``type`` selects the class (a literal in each subclass, so the entries form a union
+    discriminated on it, like ``sources:``); ``name`` is the configured id, used in incidents
+    and as a metric label, so it comes from configuration and never from data.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str
+    name: str = Field(default="", pattern=r"^[A-Za-z0-9_.:-]*$", max_length=100)
+    enabled: bool = True
+
+    def resolved_name(self) -> str:
+        """The configured name, or the type when the entry gives none."""
+        return self.name or self.type
+
+
+@runtime_checkable
+class ModelHandle(Protocol):
+    """Where a detector that needs the live model gets the version serving right now.
+
+    The pipeline swaps versions between batches; a detector asks for the current one at the
+    start of each batch and keeps it for that batch, so one batch is never judged by two
+    models. ``None`` means no model is loaded (yet).
+    """
+
+    def current(self) -> Any: ...
+
+
+@dataclass(frozen=True)
+class DetectorContext:
+    """What a detector may need besides its own configuration to get built."""
+
+    reference: FeatureBatch
+    model: ModelHandle | None = None
+
+
+# --- the three families ------------------------------------------------------------------------
 
 
 @runtime_checkable
@@ -423,10 +450,13 @@ class Detector(Protocol):
 
     ``name`` is the configured id; it is also used as a metric label, so it must come from
     configuration, never from data. ``fit`` may be called again to replace the reference; it
-    resets whatever the detector accumulated since the previous fit.
+    resets whatever the detector accumulated since the previous fit. ``from_config`` builds and
+    fits an instance from its ``detectors:`` entry (an instance of the class's ``Config``).
+    ``family`` says which of the three contracts below the class honours.
     """
 
     name: str
+    family: ClassVar[Literal["window", "record", "labelled"]]
 
     def fit(self, reference: FeatureBatch) -> None: ...
 
@@ -441,8 +471,64 @@ class WindowDetector(Detector, Protocol):
     returns ``None`` when the window holds too few records to say anything. Both raise
     :class:`NotFittedError` before ``fit`` and :class:`FeatureSchemaError` for a batch whose
     features differ from the reference's. Neither performs I/O.
+
+    A window spans several batches, so a restarted agent must feed the detector again the
+    records its next window will hold: ``records_to_replay`` says how many of the most recent
+    records those are (0 when the next window starts with the next record). Re-fed after a
+    restart, they make the next report fall on exactly the record it would have fallen on
+    without the restart, so incidents keyed by it are not duplicated.
     """
 
     def update(self, batch: FeatureBatch) -> list[DriftReport]: ...
 
     def test(self) -> DriftReport | None: ...
+
+    def records_to_replay(self) -> int: ...
+
+
+@runtime_checkable
+class RecordDetector(Detector, Protocol):
+    """A detector that gives every record its own calibrated verdict.
+
+    ``score`` returns a :class:`Verdict` with one entry per record of the batch: a score
+    (higher = more suspicious), a p-value calibrated on held-out reference data, and
+    ``flagged = p_value <= alpha`` for the detector's configured false-alarm rate ``alpha``, so
+    that on records exchangeable with the reference at most a fraction ``alpha`` is flagged.
+    Verdicts depend on the records only, never on how the stream was cut into batches, and
+    ``score`` keeps no state between calls (a replay after a crash scores records again and
+    gets the same answers). ``explain`` gives, for a few records a person will look at, what
+    made them stand out (nearest labelled examples, the features that separate them) as
+    JSON-ready mappings. ``uses_embeddings`` asks the pipeline to put the live model's
+    embeddings in the batch. Errors: :class:`NotFittedError` before ``fit``,
+    :class:`FeatureSchemaError` for a batch that does not match the reference.
+    """
+
+    kind: ClassVar[str]
+    uses_embeddings: ClassVar[bool]
+
+    def score(self, batch: FeatureBatch) -> Verdict: ...
+
+    def explain(self, batch: FeatureBatch, indices: Sequence[int]) -> list[dict[str, Any]]: ...
+
+
+@runtime_checkable
+class LabelledDetector(Detector, Protocol):
+    """A detector that judges records together with their labels.
+
+    ``inspect`` takes a batch whose ``labels`` are set (records without a label are left
+    alone) and returns a :class:`Verdict` over the batch's records: flagged records are
+    suspected to be mislabelled or planted (poisoning), at the configured false-alarm rate on
+    correctly labelled data. A detector may keep a sliding window of recent labelled records
+    to judge a record in context; like a window detector it then says how many recent records
+    a restarted agent must feed it again (``records_to_replay``). ``explain`` works as for
+    record detectors.
+    """
+
+    kind: ClassVar[str]
+    uses_embeddings: ClassVar[bool]
+
+    def inspect(self, batch: FeatureBatch) -> Verdict: ...
+
+    def records_to_replay(self) -> int: ...
+
+    def explain(self, batch: FeatureBatch, indices: Sequence[int]) -> list[dict[str, Any]]: ...

@@ -10,24 +10,34 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import threading
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import Field
 from scipy import special, stats
 
 from detectors._multiple_testing import CORRECTIONS, Correction, adjust_p_values
 from detectors.base import (
-    CategoryShift,
+    DetectorConfig,
+    DetectorContext,
     DriftReport,
     FeatureBatch,
     FeatureSchemaError,
-    FeatureTest,
     NotFittedError,
 )
 
-__all__ = ["ChiSquaredResult", "FeatureDriftDetector", "ks_p_value", "pooled_chi2"]
+__all__ = [
+    "CategoryShift",
+    "ChiSquaredResult",
+    "FeatureDriftConfig",
+    "FeatureDriftDetector",
+    "FeatureTest",
+    "ks_p_value",
+    "pooled_chi2",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +54,127 @@ _PI2 = np.pi**2
 _PI4 = _PI2**2
 _PI6 = _PI2**3
 _SQRT_2PI = np.sqrt(2.0 * np.pi)
+
+
+@dataclass(frozen=True)
+class CategoryShift:
+    """How the share of one known category moved between the reference and the window."""
+
+    category: str
+    reference_fraction: float
+    window_fraction: float
+
+    @property
+    def change(self) -> float:
+        """Window share minus reference share (positive: more frequent now)."""
+        return self.window_fraction - self.reference_fraction
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "category": self.category,
+            "reference_fraction": self.reference_fraction,
+            "window_fraction": self.window_fraction,
+        }
+
+
+@dataclass(frozen=True)
+class FeatureTest:
+    """The outcome of one feature's two-sample test, with how the feature moved.
+
+    ``effect_size`` puts numeric and categorical features on one scale in ``[0, 1]``: the KS
+    distance for numeric features and the total-variation distance between the category shares
+    for categorical ones (the two coincide for a binary feature). It ranks features when their
+    p-values are equally extreme.
+
+    Numeric features fill ``reference_mean``, ``window_mean``, ``reference_std`` and
+    ``window_std``; categorical features fill ``new_categories`` (window records in the unknown
+    bucket), ``new_category_fraction`` and ``reference_new_category_fraction`` (the same share
+    in the reference, usually 0) and ``category_shifts`` (the known categories whose share moved
+    most, largest move first). The fields of the other kind are ``None`` or empty.
+    """
+
+    name: str
+    kind: Literal["numeric", "categorical"]
+    test: Literal["ks", "chi2"]
+    statistic: float
+    p_value: float
+    adjusted_p_value: float
+    rejected: bool
+    effect_size: float
+    degrees_of_freedom: int | None = None
+    reference_mean: float | None = None
+    window_mean: float | None = None
+    reference_std: float | None = None
+    window_std: float | None = None
+    new_categories: int | None = None
+    new_category_fraction: float | None = None
+    reference_new_category_fraction: float | None = None
+    category_shifts: tuple[CategoryShift, ...] = ()
+
+    def describe_movement(self) -> str:
+        """A few words on how the feature moved, for one-line summaries."""
+        if self.kind == "numeric":
+            return self._describe_numeric_movement()
+        return self._describe_categorical_movement()
+
+    def _describe_numeric_movement(self) -> str:
+        ref_mean, win_mean = self.reference_mean or 0.0, self.window_mean or 0.0
+        ref_std, win_std = self.reference_std or 0.0, self.window_std or 0.0
+        scale = max(ref_std, win_std, 1e-12)
+        standardised_mean_move = abs(win_mean - ref_mean) / scale
+        std_move = abs(math.log((win_std + 1e-12) / (ref_std + 1e-12)))
+        if std_move > standardised_mean_move:
+            return f"{self.name} std {ref_std:.4g}→{win_std:.4g}"
+        return f"{self.name} mean {ref_mean:.4g}→{win_mean:.4g}"
+
+    def _describe_categorical_movement(self) -> str:
+        unseen_share = self.new_category_fraction or 0.0
+        reference_unseen_share = self.reference_new_category_fraction or 0.0
+        unseen_move = unseen_share - reference_unseen_share
+        if reference_unseen_share > 0.0:
+            unseen = (
+                f"unseen categories {_percent(reference_unseen_share)}→{_percent(unseen_share)}"
+            )
+        else:
+            unseen = f"{_percent(unseen_share)} unseen categories"
+        top_shift = self.category_shifts[0] if self.category_shifts else None
+        if top_shift is None or abs(unseen_move) >= abs(top_shift.change):
+            return f"{self.name}: {unseen}"
+        moved = (
+            f"{top_shift.category} {_percent(top_shift.reference_fraction)}"
+            f"→{_percent(top_shift.window_fraction)}"
+        )
+        if unseen_share >= 0.01 and unseen_move > 0.0:
+            return f"{self.name}: {moved}, {unseen}"
+        return f"{self.name}: {moved}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "test": self.test,
+            "statistic": self.statistic,
+            "p_value": self.p_value,
+            "adjusted_p_value": self.adjusted_p_value,
+            "rejected": self.rejected,
+            "effect_size": self.effect_size,
+            "degrees_of_freedom": self.degrees_of_freedom,
+            "reference_mean": self.reference_mean,
+            "window_mean": self.window_mean,
+            "reference_std": self.reference_std,
+            "window_std": self.window_std,
+            "new_categories": self.new_categories,
+            "new_category_fraction": self.new_category_fraction,
+            "reference_new_category_fraction": self.reference_new_category_fraction,
+            "category_shifts": [shift.to_dict() for shift in self.category_shifts],
+        }
+
+
+
+def _percent(share: float) -> str:
+    """A share as a percentage, with a decimal for small shares so that 0.4% does not read 0%."""
+    return f"{share:.1%}" if 0.0 < share < 0.1 else f"{share:.0%}"
+
 
 
 def ks_p_value(statistic: np.ndarray, n_reference: int, n_window: int) -> np.ndarray:
@@ -394,6 +525,18 @@ class _Schema:
         )
 
 
+class FeatureDriftConfig(DetectorConfig):
+    """``detectors:`` entry of ``type: feature_drift`` (the defaults are the agent's)."""
+
+    type: Literal["feature_drift"] = "feature_drift"
+    window: int = Field(default=1000, gt=1)
+    step: int | None = Field(default=None, gt=0)
+    alpha: float = Field(default=0.01, gt=0, lt=1)
+    correction: Literal["bh", "bonferroni"] = "bh"
+    top_k: int = Field(default=5, gt=0)
+    min_window: int = Field(default=100, gt=0)
+
+
 class FeatureDriftDetector:
     """Tests each feature of a sliding window against the reference, corrected for multiplicity.
 
@@ -449,6 +592,8 @@ class FeatureDriftDetector:
     """
 
     kind: ClassVar[str] = "drift"
+    family: ClassVar[Literal["window"]] = "window"
+    Config: ClassVar[type[FeatureDriftConfig]] = FeatureDriftConfig
 
     def __init__(
         self,
@@ -500,6 +645,16 @@ class FeatureDriftDetector:
         self._windows_tested = 0
 
     # -- configuration ---------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config: FeatureDriftConfig, context: DetectorContext
+                    ) -> FeatureDriftDetector:
+        """Build from a ``detectors:`` entry and fit on the context's reference."""
+        detector = cls(config.resolved_name(), window=config.window, step=config.step,
+                       alpha=config.alpha, correction=config.correction, top_k=config.top_k,
+                       min_window=min(config.min_window, config.window))
+        detector.fit(context.reference)
+        return detector
 
     @classmethod
     def example_params(cls) -> list[dict[str, Any]]:
@@ -617,6 +772,17 @@ class FeatureDriftDetector:
                     reports.append(self._test_current_window())
                     self._next_report_at += self.step
             return reports
+
+    def records_to_replay(self) -> int:
+        """Recent records the next scheduled window will hold (re-fed after a restart).
+
+        The next report falls when ``records_seen`` reaches the next multiple of the schedule
+        (window, then every step); its window starts ``window`` records before that. Records
+        from there to now are what a fresh detector must see again to report identically.
+        """
+        with self._lock:
+            first_of_next_window = max(0, self._next_report_at - self.window)
+            return max(0, self._records_seen - first_of_next_window)
 
     def test(self) -> DriftReport | None:
         """Test the window as it is now; ``None`` if it holds fewer than ``min_window`` records.

@@ -2,6 +2,10 @@
 
 Uniqueness constraints carry the idempotency of at-least-once delivery: replaying a batch hits
 them and is skipped by ``ON CONFLICT DO NOTHING`` rather than duplicated.
+
+Every text column is a :class:`StorableString` or :class:`StorableText`: whatever path writes
+it, NUL and unpaired surrogates are replaced on the way in (``storage.text``), so no value can
+make PostgreSQL or the UTF-8 encoder refuse a row. The DDL is plain VARCHAR and TEXT.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -29,6 +34,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 from storage.records import (
+    LABEL_STATUSES,
     MAX_ACTOR_CHARS,
     MAX_CLASS_CHARS,
     MAX_DETECTOR_CHARS,
@@ -38,9 +44,11 @@ from storage.records import (
     MAX_OFFSET_KEY_CHARS,
     MAX_REASON_CHARS,
     MAX_SOURCE_CHARS,
+    MODEL_STATUSES,
     SEVERITIES,
     STATUSES,
 )
+from storage.text import storable_text
 
 NAMING_CONVENTION: dict[str, str] = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -78,6 +86,26 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
+class StorableString(TypeDecorator[str]):
+    """VARCHAR(n) that stores NUL and unpaired surrogates as U+FFFD (the same length)."""
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return value if value is None else storable_text(value)
+
+
+class StorableText(TypeDecorator[str]):
+    """TEXT that stores NUL and unpaired surrogates as U+FFFD."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return value if value is None else storable_text(value)
+
+
 def _one_of(column: str, allowed: tuple[str, ...]) -> str:
     quoted = ", ".join(f"'{item}'" for item in allowed)
     return f"{column} IN ({quoted})"
@@ -102,32 +130,70 @@ class IncidentRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
-    kind: Mapped[str] = mapped_column(String(MAX_KIND_CHARS))
-    severity: Mapped[str] = mapped_column(String(16))
-    status: Mapped[str] = mapped_column(String(16))
-    source: Mapped[str] = mapped_column(String(MAX_SOURCE_CHARS))
-    offset_key: Mapped[str] = mapped_column(String(MAX_OFFSET_KEY_CHARS))
-    detector: Mapped[str] = mapped_column(String(MAX_DETECTOR_CHARS))
+    kind: Mapped[str] = mapped_column(StorableString(MAX_KIND_CHARS))
+    severity: Mapped[str] = mapped_column(StorableString(16))
+    status: Mapped[str] = mapped_column(StorableString(16))
+    source: Mapped[str] = mapped_column(StorableString(MAX_SOURCE_CHARS))
+    offset_key: Mapped[str] = mapped_column(StorableString(MAX_OFFSET_KEY_CHARS))
+    detector: Mapped[str] = mapped_column(StorableString(MAX_DETECTOR_CHARS))
     score: Mapped[float | None] = mapped_column(Float)
     p_value: Mapped[float | None] = mapped_column(Float)
     explanation: Mapped[dict[str, Any]]
-    record_excerpt: Mapped[str | None] = mapped_column(Text)
-    predicted_class: Mapped[str | None] = mapped_column(String(MAX_CLASS_CHARS))
+    record_excerpt: Mapped[str | None] = mapped_column(StorableText)
+    predicted_class: Mapped[str | None] = mapped_column(StorableString(MAX_CLASS_CHARS))
     confidence: Mapped[float | None] = mapped_column(Float)
-    analyst_label: Mapped[str | None] = mapped_column(String(MAX_LABEL_CHARS))
-    model_version: Mapped[str | None] = mapped_column(String(MAX_MODEL_VERSION_CHARS))
+    analyst_label: Mapped[str | None] = mapped_column(StorableString(MAX_LABEL_CHARS))
+    model_version: Mapped[str | None] = mapped_column(StorableString(MAX_MODEL_VERSION_CHARS))
+    # Per-record findings are grouped: how many records, and the first and last of them.
+    record_count: Mapped[int] = mapped_column(Integer, server_default=text("1"))
+    first_offset: Mapped[str | None] = mapped_column(StorableString(MAX_OFFSET_KEY_CHARS))
+    last_offset: Mapped[str | None] = mapped_column(StorableString(MAX_OFFSET_KEY_CHARS))
+
+
+class IncidentRecordRow(Base):
+    """An example record of an incident, kept whole so a label on it can teach the model."""
+
+    __tablename__ = "incident_records"
+    __table_args__ = (
+        UniqueConstraint("incident_id", "offset_key"),
+        Index(None, "incident_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime]
+    offset_key: Mapped[str] = mapped_column(StorableString(MAX_OFFSET_KEY_CHARS))
+    ordinal: Mapped[int] = mapped_column(Integer)
+    fields: Mapped[dict[str, Any]]
+    textual: Mapped[bool] = mapped_column(Boolean)
+    features: Mapped[list[float]] = mapped_column(JSON)
+    predicted_class: Mapped[str | None] = mapped_column(StorableString(MAX_CLASS_CHARS))
+    confidence: Mapped[float | None] = mapped_column(Float)
+    explanation: Mapped[dict[str, Any]]
 
 
 class LabelRow(Base):
     __tablename__ = "labels"
-    __table_args__ = (Index(None, "incident_id"),)
+    __table_args__ = (
+        Index(None, "incident_id"),
+        Index(None, "status"),
+        CheckConstraint(_one_of("status", LABEL_STATUSES), name="status"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"))
-    label: Mapped[str] = mapped_column(String(MAX_LABEL_CHARS))
-    actor: Mapped[str] = mapped_column(String(MAX_ACTOR_CHARS))
-    note: Mapped[str | None] = mapped_column(Text)
+    label: Mapped[str] = mapped_column(StorableString(MAX_LABEL_CHARS))
+    actor: Mapped[str] = mapped_column(StorableString(MAX_ACTOR_CHARS))
+    note: Mapped[str | None] = mapped_column(StorableText)
     created_at: Mapped[datetime]
+    # The example record the label is about (None: a label on a drift or other incident,
+    # recorded but with nothing to learn from), and what adaptation made of it.
+    incident_record_id: Mapped[int | None] = mapped_column(
+        ForeignKey("incident_records.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(StorableString(16), server_default=text("'noted'"))
+    status_reason: Mapped[str | None] = mapped_column(StorableText)
+    model_version: Mapped[str | None] = mapped_column(StorableString(MAX_MODEL_VERSION_CHARS))
+    updated_at: Mapped[datetime | None]
 
 
 class QuarantineRow(Base):
@@ -140,11 +206,11 @@ class QuarantineRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     created_at: Mapped[datetime]
-    source: Mapped[str] = mapped_column(String(MAX_SOURCE_CHARS))
-    offset_key: Mapped[str] = mapped_column(String(MAX_OFFSET_KEY_CHARS))
-    reason: Mapped[str] = mapped_column(String(MAX_REASON_CHARS))
-    detail: Mapped[str] = mapped_column(Text)
-    raw_excerpt: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(StorableString(MAX_SOURCE_CHARS))
+    offset_key: Mapped[str] = mapped_column(StorableString(MAX_OFFSET_KEY_CHARS))
+    reason: Mapped[str] = mapped_column(StorableString(MAX_REASON_CHARS))
+    detail: Mapped[str] = mapped_column(StorableText)
+    raw_excerpt: Mapped[str] = mapped_column(StorableText)
 
 
 class DriftReportRecord(Base):
@@ -156,9 +222,9 @@ class DriftReportRecord(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     created_at: Mapped[datetime]
-    source: Mapped[str] = mapped_column(String(MAX_SOURCE_CHARS))
-    detector: Mapped[str] = mapped_column(String(MAX_DETECTOR_CHARS))
-    window_end_key: Mapped[str] = mapped_column(String(MAX_OFFSET_KEY_CHARS))
+    source: Mapped[str] = mapped_column(StorableString(MAX_SOURCE_CHARS))
+    detector: Mapped[str] = mapped_column(StorableString(MAX_DETECTOR_CHARS))
+    window_end_key: Mapped[str] = mapped_column(StorableString(MAX_OFFSET_KEY_CHARS))
     n_reference: Mapped[int] = mapped_column(Integer)
     n_window: Mapped[int] = mapped_column(Integer)
     statistic: Mapped[float] = mapped_column(Float)
@@ -180,20 +246,42 @@ class ModelVersionRow(Base):
             sqlite_where=text("active"),
             postgresql_where=text("active"),
         ),
+        CheckConstraint(_one_of("status", MODEL_STATUSES), name="status"),
     )
 
-    version: Mapped[str] = mapped_column(String(MAX_MODEL_VERSION_CHARS), primary_key=True)
+    version: Mapped[str] = mapped_column(
+        StorableString(MAX_MODEL_VERSION_CHARS), primary_key=True
+    )
     created_at: Mapped[datetime]
-    algorithm: Mapped[str] = mapped_column(String(100))
-    path: Mapped[str] = mapped_column(Text)
-    sha256: Mapped[str] = mapped_column(String(64))
+    algorithm: Mapped[str] = mapped_column(StorableString(100))
+    path: Mapped[str] = mapped_column(StorableText)
+    sha256: Mapped[str] = mapped_column(StorableString(64))
     metrics: Mapped[dict[str, Any]]
     active: Mapped[bool] = mapped_column(Boolean)
+    status: Mapped[str] = mapped_column(StorableString(16), server_default=text("'retired'"))
+    parent: Mapped[str | None] = mapped_column(StorableString(MAX_MODEL_VERSION_CHARS))
+    base_sha256: Mapped[str | None] = mapped_column(StorableString(64))
+    benign_class: Mapped[str | None] = mapped_column(StorableString(MAX_CLASS_CHARS))
+    classes: Mapped[list[str] | None] = mapped_column(JSON)
+    label_ids: Mapped[list[int] | None] = mapped_column(JSON)
+    trigger: Mapped[str | None] = mapped_column(StorableText)
+    reasons: Mapped[list[str] | None] = mapped_column(JSON)
+
+
+class ModelArtifactRow(Base):
+    """Files of a meta-trained learner, so every replica can load the weights a version uses."""
+
+    __tablename__ = "model_artifacts"
+
+    sha256: Mapped[str] = mapped_column(StorableString(64), primary_key=True)
+    name: Mapped[str] = mapped_column(StorableString(255), primary_key=True)
+    created_at: Mapped[datetime]
+    content: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class SourceOffsetRow(Base):
     __tablename__ = "source_offsets"
 
-    source: Mapped[str] = mapped_column(String(MAX_SOURCE_CHARS), primary_key=True)
+    source: Mapped[str] = mapped_column(StorableString(MAX_SOURCE_CHARS), primary_key=True)
     position: Mapped[dict[str, Any]]
     updated_at: Mapped[datetime]

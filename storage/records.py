@@ -16,6 +16,12 @@ from typing import Any
 
 SEVERITIES: tuple[str, ...] = ("info", "low", "medium", "high", "critical")
 STATUSES: tuple[str, ...] = ("open", "labelled", "dismissed", "resolved")
+#: pending: awaits screening; held: screening suspects it; released: an analyst overrode the
+#: hold; used: enrolled by a model version; rejected: its version failed the canary; noted:
+#: a label on an incident without example records (nothing to learn from).
+LABEL_STATUSES: tuple[str, ...] = ("pending", "held", "released", "used", "rejected", "noted")
+#: candidate: being evaluated; active: serving; rejected: failed its canary; retired: replaced.
+MODEL_STATUSES: tuple[str, ...] = ("candidate", "active", "rejected", "retired")
 
 # Column widths, shared with storage.models so validation and schema cannot disagree.
 MAX_KIND_CHARS = 32
@@ -88,9 +94,16 @@ class NewIncident:
     confidence: float | None = None
     model_version: str | None = None
     created_at: datetime | None = None
+    record_count: int = 1
+    first_offset: str | None = None
+    last_offset: str | None = None
 
     def __post_init__(self) -> None:
         require_text("kind", self.kind, MAX_KIND_CHARS)
+        if self.record_count < 1:
+            raise ValueError(f"record_count must be at least 1, got {self.record_count}.")
+        _require_optional_text("first_offset", self.first_offset, MAX_OFFSET_KEY_CHARS)
+        _require_optional_text("last_offset", self.last_offset, MAX_OFFSET_KEY_CHARS)
         if self.severity not in SEVERITIES:
             raise ValueError(f"severity must be one of {list(SEVERITIES)}, got {self.severity!r}.")
         require_text("source", self.source, MAX_SOURCE_CHARS)
@@ -102,6 +115,45 @@ class NewIncident:
         _require_not_nan("p_value", self.p_value)
         _require_not_nan("confidence", self.confidence)
         _require_aware("created_at", self.created_at)
+
+
+@dataclass(frozen=True)
+class IncidentUpdate:
+    """A grouped incident that gained records in a later batch (absolute, replay-safe values)."""
+
+    source: str
+    offset_key: str
+    detector: str
+    record_count: int
+    last_offset: str
+
+    def __post_init__(self) -> None:
+        require_text("offset_key", self.offset_key, MAX_OFFSET_KEY_CHARS)
+        require_text("last_offset", self.last_offset, MAX_OFFSET_KEY_CHARS)
+        if self.record_count < 1:
+            raise ValueError(f"record_count must be at least 1, got {self.record_count}.")
+
+
+@dataclass(frozen=True)
+class IncidentExample:
+    """An example record of an incident (identified by its key), kept whole for adaptation."""
+
+    source: str
+    incident_offset_key: str
+    detector: str
+    offset_key: str
+    ordinal: int
+    fields: Mapping[str, Any]
+    textual: bool
+    features: Sequence[float]
+    predicted_class: str | None = None
+    confidence: float | None = None
+    explanation: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        require_text("offset_key", self.offset_key, MAX_OFFSET_KEY_CHARS)
+        _require_optional_text("predicted_class", self.predicted_class, MAX_CLASS_CHARS)
+        _require_not_nan("confidence", self.confidence)
 
 
 @dataclass(frozen=True)
@@ -169,6 +221,29 @@ class Incident:
     confidence: float | None
     analyst_label: str | None
     model_version: str | None
+    record_count: int = 1
+    first_offset: str | None = None
+    last_offset: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _as_json_ready(self)
+
+
+@dataclass(frozen=True)
+class IncidentRecord:
+    """An example record of an incident as stored."""
+
+    id: int
+    incident_id: int
+    created_at: datetime
+    offset_key: str
+    ordinal: int
+    fields: dict[str, Any]
+    textual: bool
+    features: list[float]
+    predicted_class: str | None
+    confidence: float | None
+    explanation: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
         return _as_json_ready(self)
@@ -176,7 +251,7 @@ class Incident:
 
 @dataclass(frozen=True)
 class Label:
-    """One analyst verdict; labels are append-only so adaptation can replay them in order."""
+    """One analyst verdict on one record; the label trail is append-only, statuses move."""
 
     id: int
     incident_id: int
@@ -184,9 +259,28 @@ class Label:
     actor: str
     note: str | None
     created_at: datetime
+    incident_record_id: int | None = None
+    status: str = "noted"
+    status_reason: str | None = None
+    model_version: str | None = None
+    updated_at: datetime | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return _as_json_ready(self)
+
+
+@dataclass(frozen=True)
+class LabelledRecord:
+    """A label with the record it was given on: what adaptation learns from."""
+
+    label_id: int
+    label: str
+    actor: str
+    status: str
+    fields: dict[str, Any]
+    textual: bool
+    incident_id: int
+    record_id: int
 
 
 @dataclass(frozen=True)
@@ -233,6 +327,17 @@ class ModelVersion:
     sha256: str
     metrics: dict[str, Any]
     active: bool
+    status: str = "retired"
+    parent: str | None = None
+    base_sha256: str | None = None
+    benign_class: str | None = None
+    classes: list[str] | None = None
+    label_ids: list[int] = field(default_factory=list)
+    trigger: str | None = None
+    reasons: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "label_ids", list(self.label_ids or []))
 
     def to_dict(self) -> dict[str, Any]:
         return _as_json_ready(self)
@@ -247,6 +352,8 @@ class CommitResult:
     quarantined: int
     drift_reports: int
     created_ids: tuple[int, ...]
+    incidents_updated: int = 0
+    examples_stored: int = 0
 
 
 # --------------------------------------------------------------------------- errors
@@ -275,4 +382,12 @@ class ModelVersionNotFound(KeyError):
 
 
 class StoreUnavailable(RuntimeError):
-    """The database could not be reached or was busy; retrying later may succeed."""
+    """The database could not be reached, was busy or did not answer in time; retry later."""
+
+
+class StoreRejected(ValueError):
+    """The database refused the data itself; retrying the same values would fail again.
+
+    The pipeline answers it by storing degraded copies of the offending rows (see
+    ``agent.salvage``) rather than by retrying, which would stop ingestion for good.
+    """

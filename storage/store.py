@@ -2,15 +2,24 @@
 
 Every public method opens its own transaction and returns frozen records, so the pipeline
 thread, API threads and scheduler jobs can share one ``Store`` without locks of their own.
-Connection-level failures surface as :class:`StoreUnavailable` (retry with backoff); every
-other error is a bug or bad data and propagates unchanged, after the transaction rolled back.
+
+Errors come in two kinds, and the caller needs to tell them apart to make progress:
+
+- :class:`StoreUnavailable`: the database could not be reached, was busy, or did not answer
+  within :class:`~storage.engine.StoreTimeouts` (no call waits for ever, even when packets are
+  silently dropped). Retrying later may succeed.
+- :class:`StoreRejected`: the database refused the values themselves. Retrying the same
+  values fails the same way; the caller has to change them (``agent.salvage``).
+
+Text is made storable on the way in (``storage.text``); a filter that names text no stored
+value can hold (a NUL, an unpaired surrogate) matches nothing. Anything else is a bug and
+propagates unchanged, after the transaction rolled back.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import re
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -18,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
 
+import orjson
 from alembic import command
 from sqlalchemy import (
     Column,
@@ -32,46 +42,55 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import (
+    DataError,
+    DisconnectionError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+    StatementError,
+)
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from storage.engine import create_store_engine, parse_store_url
+from storage.deadline import Watchdog, shut_down_socket
+from storage.engine import StoreTimeouts, create_store_engine, parse_store_url
+from storage.feedback import FeedbackStore
 from storage.migrations import alembic_config, current_revision, head_revision
 from storage.models import Base
 from storage.records import (
-    MAX_ACTOR_CHARS,
     MAX_EXCERPT_CHARS,
-    MAX_LABEL_CHARS,
-    MAX_MODEL_VERSION_CHARS,
     MAX_SOURCE_CHARS,
     STATUSES,
     CommitResult,
     DriftReportRow,
     Incident,
+    IncidentExample,
     IncidentNotFound,
-    Label,
-    ModelVersion,
-    ModelVersionNotFound,
+    IncidentUpdate,
     NewDriftReport,
     NewIncident,
     QuarantinedRecord,
     QuarantineEntry,
+    StoreRejected,
     StoreUnavailable,
     require_text,
 )
+from storage.registry import RegistryStore
+from storage.text import is_storable
+from storage.urls import redact_url
 
 logger = logging.getLogger(__name__)
 
 MAX_PAGE_SIZE = 10_000
 # Any constant works; it only has to be the same for every replica migrating one database.
 _MIGRATION_LOCK_KEY = 0x4D535452  # "MSTR"
-_SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
 
 _INCIDENTS: Table = Base.metadata.tables["incidents"]
 _LABELS: Table = Base.metadata.tables["labels"]
 _QUARANTINE: Table = Base.metadata.tables["quarantine"]
 _DRIFT_REPORTS: Table = Base.metadata.tables["drift_reports"]
-_MODEL_VERSIONS: Table = Base.metadata.tables["model_versions"]
+_RECORDS: Table = Base.metadata.tables["incident_records"]
 _SOURCE_OFFSETS: Table = Base.metadata.tables["source_offsets"]
 
 
@@ -86,6 +105,11 @@ def _truncate(value: str | None, max_chars: int = MAX_EXCERPT_CHARS) -> str | No
 def _require_limit(limit: int) -> None:
     if not 1 <= limit <= MAX_PAGE_SIZE:
         raise ValueError(f"limit must be between 1 and {MAX_PAGE_SIZE}, got {limit}.")
+
+
+def _can_match(*values: str | None) -> bool:
+    """False when a filter value holds text that is never stored, so no row can match it."""
+    return all(value is None or is_storable(value) for value in values)
 
 
 def _require_status(status: str) -> None:
@@ -111,6 +135,9 @@ def _incident_values(incident: NewIncident, now: datetime) -> dict[str, Any]:
         "confidence": incident.confidence,
         "analyst_label": None,
         "model_version": incident.model_version,
+        "record_count": incident.record_count,
+        "first_offset": incident.first_offset,
+        "last_offset": incident.last_offset,
     }
 
 
@@ -141,8 +168,11 @@ def _drift_report_values(report: NewDriftReport, now: datetime) -> dict[str, Any
     }
 
 
-class Store:
+class Store(FeedbackStore, RegistryStore):
     """SQL persistence for incidents, labels, quarantine, drift reports, offsets and models.
+
+    Labels and example records live in :class:`~storage.feedback.FeedbackStore`, the model
+    registry in :class:`~storage.registry.RegistryStore`; both share this class's sessions.
 
     Parameters
     ----------
@@ -150,6 +180,9 @@ class Store:
         ``sqlite:///path/to/metasentry.db`` (the parent directory is created) or
         ``postgresql+psycopg://user@host/db``. Nothing connects until the first call, so a
         store can be built while the database is still starting.
+    timeouts
+        How long PostgreSQL calls may wait before they raise :class:`StoreUnavailable`
+        (defaults: :class:`~storage.engine.StoreTimeouts`). Ignored for SQLite.
 
     Examples
     --------
@@ -166,9 +199,11 @@ class Store:
     >>> store.close()
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, timeouts: StoreTimeouts | None = None) -> None:
         self._url = parse_store_url(url)
-        self._engine = create_store_engine(self._url)
+        self.timeouts = timeouts or StoreTimeouts()
+        self._watchdog = Watchdog()
+        self._engine = create_store_engine(self._url, self.timeouts, self._watchdog)
         self._dialect_insert: Callable[[Table], Insert] = (
             postgresql.insert if self.dialect == "postgresql" else sqlite.insert  # type: ignore[assignment]
         )
@@ -179,7 +214,7 @@ class Store:
     @property
     def redacted_url(self) -> str:
         """The URL with any password replaced by ``***``: safe for logs and status pages."""
-        return self._url.render_as_string(hide_password=True)
+        return redact_url(self._url.render_as_string(hide_password=False))
 
     @property
     def dialect(self) -> str:
@@ -188,7 +223,7 @@ class Store:
 
     def upgrade(self) -> None:
         """Migrate the schema to the newest revision shipped with this package."""
-        with self._translate_errors("upgrade"), self._engine.begin() as connection:
+        with self._session("upgrade", write=True, maintenance=True) as connection:
             if self.dialect == "postgresql":
                 # Replicas starting together must not race to create the same tables.
                 connection.execute(
@@ -202,7 +237,7 @@ class Store:
 
     def current_revision(self) -> str | None:
         """The database's schema revision, or None before the first :meth:`upgrade`."""
-        with self._translate_errors("current_revision"), self._engine.connect() as connection:
+        with self._session("current_revision") as connection:
             return current_revision(connection)
 
     def head_revision(self) -> str:
@@ -214,11 +249,11 @@ class Store:
         return self.current_revision() == self.head_revision()
 
     def ping(self) -> bool:
-        """Whether the database answers right now (for readiness probes)."""
+        """Whether the database answers right now (for readiness probes); never hangs."""
         try:
-            with self._engine.connect() as connection:
+            with self._session("ping") as connection:
                 connection.execute(text("SELECT 1"))
-        except SQLAlchemyError as error:
+        except (SQLAlchemyError, StoreUnavailable) as error:
             logger.warning("store at %s does not answer: %s", self.redacted_url, error)
             return False
         return True
@@ -233,20 +268,23 @@ class Store:
         incidents: Sequence[NewIncident] = (),
         quarantine: Sequence[QuarantinedRecord] = (),
         drift_reports: Sequence[NewDriftReport] = (),
+        incident_updates: Sequence[IncidentUpdate] = (),
+        examples: Sequence[IncidentExample] = (),
     ) -> CommitResult:
         """Record everything one batch produced, and where the source got to, atomically.
 
         Replays are harmless: incidents already stored under (source, offset_key, detector),
         quarantined records under (source, offset_key) and drift reports under (source,
-        detector, window_end_key) are skipped and counted as duplicates. ``position=None``
-        leaves the saved source position untouched.
+        detector, window_end_key) are skipped and counted as duplicates; updates of grouped
+        incidents carry absolute counts, and example records are unique per incident.
+        ``position=None`` leaves the saved source position untouched.
         """
         require_text("source", source, MAX_SOURCE_CHARS)
         now = _utcnow()
         incident_rows = [_incident_values(item, now) for item in incidents]
         quarantine_rows = [_quarantine_values(item, now) for item in quarantine]
         drift_rows = [_drift_report_values(item, now) for item in drift_reports]
-        with self._translate_errors("commit_batch"), self._engine.begin() as connection:
+        with self._session("commit_batch", write=True) as connection:
             created_ids = self._insert_new(
                 connection, _INCIDENTS, incident_rows, ("source", "offset_key", "detector")
             )
@@ -256,6 +294,8 @@ class Store:
             drift_ids = self._insert_new(
                 connection, _DRIFT_REPORTS, drift_rows, ("source", "detector", "window_end_key")
             )
+            updated = self._update_groups(connection, incident_updates, now)
+            stored = self._insert_examples(connection, examples, now)
             if position is not None:
                 self._save_position(connection, source, position, now)
         return CommitResult(
@@ -264,7 +304,51 @@ class Store:
             quarantined=len(quarantined),
             drift_reports=len(drift_ids),
             created_ids=tuple(created_ids),
+            incidents_updated=updated,
+            examples_stored=stored,
         )
+
+    @staticmethod
+    def _update_groups(connection: Connection, updates: Sequence[IncidentUpdate],
+                       now: datetime) -> int:
+        """Grouped incidents that gained records: set their absolute count and last record."""
+        changed = 0
+        for item in updates:
+            changed += connection.execute(
+                update(_INCIDENTS)
+                .where(_INCIDENTS.c.source == item.source,
+                       _INCIDENTS.c.offset_key == item.offset_key,
+                       _INCIDENTS.c.detector == item.detector)
+                .values(record_count=item.record_count, last_offset=item.last_offset,
+                        updated_at=now)).rowcount
+        return changed
+
+    def _insert_examples(self, connection: Connection, examples: Sequence[IncidentExample],
+                         now: datetime) -> int:
+        """Example records under their incident (found by its key); replays add nothing."""
+        if not examples:
+            return 0
+        keys = {(e.source, e.incident_offset_key, e.detector) for e in examples}
+        ids: dict[tuple[str, str, str], int] = {}
+        for source, offset_key, detector in keys:
+            found = connection.execute(select(_INCIDENTS.c.id).where(
+                _INCIDENTS.c.source == source, _INCIDENTS.c.offset_key == offset_key,
+                _INCIDENTS.c.detector == detector)).scalar_one_or_none()
+            if found is not None:
+                ids[(source, offset_key, detector)] = int(found)
+        rows = [{
+            "incident_id": ids[(e.source, e.incident_offset_key, e.detector)],
+            "created_at": now, "offset_key": e.offset_key, "ordinal": e.ordinal,
+            "fields": dict(e.fields), "textual": e.textual,
+            "features": [float(v) for v in e.features], "predicted_class": e.predicted_class,
+            "confidence": e.confidence, "explanation": dict(e.explanation),
+        } for e in examples if (e.source, e.incident_offset_key, e.detector) in ids]
+        if not rows:
+            return 0
+        statement = (self._dialect_insert(_RECORDS)
+                     .on_conflict_do_nothing(index_elements=["incident_id", "offset_key"])  # type: ignore[attr-defined]
+                     .returning(_RECORDS.c.id))
+        return len(list(connection.execute(statement, rows).scalars()))
 
     def _insert_new(
         self,
@@ -301,14 +385,14 @@ class Store:
     def load_position(self, source: str) -> dict[str, Any] | None:
         """The position last committed for ``source``, or None if it never committed."""
         query = select(_SOURCE_OFFSETS.c.position).where(_SOURCE_OFFSETS.c.source == source)
-        with self._translate_errors("load_position"), self._engine.connect() as connection:
+        with self._session("load_position") as connection:
             position = connection.execute(query).scalar_one_or_none()
         return None if position is None else dict(position)
 
     # ------------------------------------------------------------------ incidents and labels
 
     def get_incident(self, incident_id: int) -> Incident:
-        with self._translate_errors("get_incident"), self._engine.connect() as connection:
+        with self._session("get_incident") as connection:
             return self._fetch_incident(connection, incident_id)
 
     def list_incidents(
@@ -324,6 +408,8 @@ class Store:
         _require_limit(limit)
         if status is not None:
             _require_status(status)
+        if not _can_match(kind, source):
+            return []
         conditions: list[ColumnElement[bool]] = []
         if kind is not None:
             conditions.append(_INCIDENTS.c.kind == kind)
@@ -334,48 +420,19 @@ class Store:
         if before_id is not None:
             conditions.append(_INCIDENTS.c.id < before_id)
         query = select(_INCIDENTS).where(*conditions).order_by(_INCIDENTS.c.id.desc()).limit(limit)
-        with self._translate_errors("list_incidents"), self._engine.connect() as connection:
+        with self._session("list_incidents") as connection:
             return [Incident(**row._asdict()) for row in connection.execute(query)]
 
     def count_incidents(self) -> dict[str, int]:
         """Number of stored incidents per kind."""
         return self._count_by(_INCIDENTS.c.kind, "count_incidents")
 
-    def label_incident(
-        self, incident_id: int, label: str, *, actor: str, note: str | None = None
-    ) -> Incident:
-        """Record an analyst's label; the incident becomes ``labelled`` and feeds adaptation."""
-        require_text("label", label, MAX_LABEL_CHARS)
-        require_text("actor", actor, MAX_ACTOR_CHARS)
-        now = _utcnow()
-        with self._translate_errors("label_incident"), self._engine.begin() as connection:
-            # Writing first takes SQLite's write lock up front, so concurrent labellers queue
-            # on busy_timeout instead of failing to upgrade a read lock.
-            self._update_incident(
-                connection, incident_id, analyst_label=label, status="labelled", updated_at=now
-            )
-            connection.execute(
-                _LABELS.insert().values(
-                    incident_id=incident_id, label=label, actor=actor, note=note, created_at=now
-                )
-            )
-            return self._fetch_incident(connection, incident_id)
-
     def set_status(self, incident_id: int, status: str) -> Incident:
         """Move an incident through triage (``open``, ``labelled``, ``dismissed``, ``resolved``)."""
         _require_status(status)
-        with self._translate_errors("set_status"), self._engine.begin() as connection:
+        with self._session("set_status", write=True) as connection:
             self._update_incident(connection, incident_id, status=status, updated_at=_utcnow())
             return self._fetch_incident(connection, incident_id)
-
-    def list_labels(self, *, limit: int = 1000, since_id: int | None = None) -> list[Label]:
-        """Labels in the order they were given; ``since_id`` resumes after a seen label."""
-        _require_limit(limit)
-        query = select(_LABELS).order_by(_LABELS.c.id).limit(limit)
-        if since_id is not None:
-            query = query.where(_LABELS.c.id > since_id)
-        with self._translate_errors("list_labels"), self._engine.connect() as connection:
-            return [Label(**row._asdict()) for row in connection.execute(query)]
 
     def _update_incident(self, connection: Connection, incident_id: int, **values: Any) -> None:
         statement = update(_INCIDENTS).where(_INCIDENTS.c.id == incident_id).values(**values)
@@ -397,10 +454,12 @@ class Store:
     ) -> list[QuarantineEntry]:
         """Newest quarantined records first."""
         _require_limit(limit)
+        if not _can_match(source):
+            return []
         query = select(_QUARANTINE).order_by(_QUARANTINE.c.id.desc()).limit(limit)
         if source is not None:
             query = query.where(_QUARANTINE.c.source == source)
-        with self._translate_errors("list_quarantine"), self._engine.connect() as connection:
+        with self._session("list_quarantine") as connection:
             return [QuarantineEntry(**row._asdict()) for row in connection.execute(query)]
 
     def count_quarantine(self) -> dict[str, int]:
@@ -412,107 +471,20 @@ class Store:
     ) -> list[DriftReportRow]:
         """Newest drift reports first."""
         _require_limit(limit)
+        if not _can_match(source, detector):
+            return []
         query = select(_DRIFT_REPORTS).order_by(_DRIFT_REPORTS.c.id.desc()).limit(limit)
         if source is not None:
             query = query.where(_DRIFT_REPORTS.c.source == source)
         if detector is not None:
             query = query.where(_DRIFT_REPORTS.c.detector == detector)
-        with self._translate_errors("list_drift_reports"), self._engine.connect() as connection:
+        with self._session("list_drift_reports") as connection:
             return [DriftReportRow(**row._asdict()) for row in connection.execute(query)]
 
     def _count_by(self, column: Column[str], action: str) -> dict[str, int]:
         query = select(column, func.count()).group_by(column)
-        with self._translate_errors(action), self._engine.connect() as connection:
+        with self._session(action) as connection:
             return {key: count for key, count in connection.execute(query)}
-
-    # ------------------------------------------------------------------ model registry
-
-    def add_model_version(
-        self,
-        *,
-        version: str,
-        algorithm: str,
-        path: str,
-        sha256: str,
-        metrics: Mapping[str, Any],
-        activate: bool = False,
-    ) -> ModelVersion:
-        """Register a trained model; with ``activate`` it also becomes the one in service."""
-        require_text("version", version, MAX_MODEL_VERSION_CHARS)
-        require_text("algorithm", algorithm, 100)
-        require_text("path", path, 4096)
-        if not _SHA256_PATTERN.fullmatch(sha256):
-            raise ValueError(f"sha256 must be 64 lowercase hex digits, got {sha256!r}.")
-        values = {
-            "version": version,
-            "created_at": _utcnow(),
-            "algorithm": algorithm,
-            "path": path,
-            "sha256": sha256,
-            "metrics": dict(metrics),
-            "active": False,
-        }
-        with self._translate_errors("add_model_version"), self._engine.begin() as connection:
-            self._lock_registry(connection)
-            try:
-                connection.execute(_MODEL_VERSIONS.insert().values(**values))
-            except IntegrityError:
-                raise ValueError(f"model version {version!r} is already registered.") from None
-            if activate:
-                self._activate(connection, version)
-            return self._fetch_model_version(connection, version)
-
-    def activate_model_version(self, version: str) -> ModelVersion:
-        """Make ``version`` the only active model, in one transaction."""
-        with self._translate_errors("activate_model_version"), self._engine.begin() as connection:
-            self._lock_registry(connection)
-            self._activate(connection, version)
-            return self._fetch_model_version(connection, version)
-
-    def active_model_version(self) -> ModelVersion | None:
-        query = select(_MODEL_VERSIONS).where(_MODEL_VERSIONS.c.active.is_(True))
-        with self._translate_errors("active_model_version"), self._engine.connect() as connection:
-            row = connection.execute(query).one_or_none()
-        return None if row is None else ModelVersion(**row._asdict())
-
-    def list_model_versions(self) -> list[ModelVersion]:
-        """Newest registration first."""
-        query = select(_MODEL_VERSIONS).order_by(
-            _MODEL_VERSIONS.c.created_at.desc(), _MODEL_VERSIONS.c.version.desc()
-        )
-        with self._translate_errors("list_model_versions"), self._engine.connect() as connection:
-            return [ModelVersion(**row._asdict()) for row in connection.execute(query)]
-
-    def _lock_registry(self, connection: Connection) -> None:
-        """Serialise registry writes across replicas (SQLite's write lock already does).
-
-        Taken before anything else in the transaction: a replica that sees another's
-        activation only after its own insert would otherwise violate the one-active index or
-        deadlock upgrading its lock.
-        """
-        if self.dialect == "postgresql":
-            connection.execute(text("LOCK TABLE model_versions IN SHARE ROW EXCLUSIVE MODE"))
-
-    @staticmethod
-    def _activate(connection: Connection, version: str) -> None:
-        # Two statements, in this order: the partial unique index forbids two active rows
-        # even for an instant.
-        connection.execute(
-            update(_MODEL_VERSIONS)
-            .where(_MODEL_VERSIONS.c.active.is_(True), _MODEL_VERSIONS.c.version != version)
-            .values(active=False)
-        )
-        activated = connection.execute(
-            update(_MODEL_VERSIONS).where(_MODEL_VERSIONS.c.version == version).values(active=True)
-        )
-        if activated.rowcount == 0:
-            raise ModelVersionNotFound(version)
-        logger.info("model version %s is now active", version)
-
-    @staticmethod
-    def _fetch_model_version(connection: Connection, version: str) -> ModelVersion:
-        query = select(_MODEL_VERSIONS).where(_MODEL_VERSIONS.c.version == version)
-        return ModelVersion(**connection.execute(query).one()._asdict())
 
     # ------------------------------------------------------------------ housekeeping
 
@@ -520,21 +492,26 @@ class Store:
         """Delete incidents (with their labels), quarantine and drift reports older than ``days``.
 
         Model versions and source positions are kept: they describe the present, not history.
+        So are incidents whose labels teach a model (used, or still to be screened, held or
+        released): a version is rebuilt from its labels' records, and they are its training data.
         """
         if not math.isfinite(days) or days < 0:
             raise ValueError(f"days must be a finite number >= 0, got {days}.")
         if now is not None and now.utcoffset() is None:
             raise ValueError(f"now must be timezone-aware (UTC), got naive {now.isoformat()}.")
         cutoff = (now or _utcnow()) - timedelta(days=days)
-        old_incident_ids = select(_INCIDENTS.c.id).where(_INCIDENTS.c.created_at < cutoff)
+        teaching = select(_LABELS.c.incident_id).where(
+            _LABELS.c.status.in_(("pending", "held", "released", "used")))
+        old = (_INCIDENTS.c.created_at < cutoff) & _INCIDENTS.c.id.not_in(teaching)
+        old_incident_ids = select(_INCIDENTS.c.id).where(old)
         statements = {
             # Labels first and explicitly, so the count is exact whatever the FK settings.
             "labels": delete(_LABELS).where(_LABELS.c.incident_id.in_(old_incident_ids)),
-            "incidents": delete(_INCIDENTS).where(_INCIDENTS.c.created_at < cutoff),
+            "incidents": delete(_INCIDENTS).where(old),
             "quarantine": delete(_QUARANTINE).where(_QUARANTINE.c.created_at < cutoff),
             "drift_reports": delete(_DRIFT_REPORTS).where(_DRIFT_REPORTS.c.created_at < cutoff),
         }
-        with self._translate_errors("purge_older_than"), self._engine.begin() as connection:
+        with self._session("purge_older_than", write=True, maintenance=True) as connection:
             deleted = {name: connection.execute(stmt).rowcount for name, stmt in statements.items()}
         logger.info("purged rows older than %s: %s", cutoff.isoformat(), deleted)
         return deleted
@@ -567,6 +544,7 @@ class Store:
     def close(self) -> None:
         """Release every pooled connection."""
         self._engine.dispose()
+        self._watchdog.close()
 
     def __enter__(self) -> Store:
         return self
@@ -579,14 +557,76 @@ class Store:
     ) -> None:
         self.close()
 
-    # ------------------------------------------------------------------ errors
+    # ------------------------------------------------------------------ sessions and errors
+
+    @contextmanager
+    def _session(
+        self, action: str, *, write: bool = False, maintenance: bool = False
+    ) -> Iterator[Connection]:
+        """A connection (in a transaction when ``write``), every wait on it bounded.
+
+        The deadline covers the whole call, COMMIT included; checking a connection out of the
+        pool is bounded separately (ping and connect timeouts, ``storage.engine``).
+        """
+        with self._translate_errors(action), self._engine.connect() as connection:
+            with self._deadline(connection, action, maintenance):
+                if not write:
+                    yield connection
+                    return
+                with connection.begin():
+                    if maintenance and self.dialect == "postgresql":
+                        milliseconds = str(math.ceil(self.timeouts.maintenance_s * 1000))
+                        connection.execute(
+                            text("SELECT set_config('statement_timeout', :ms, true)"),
+                            {"ms": milliseconds},
+                        )
+                    yield connection
+
+    @contextmanager
+    def _deadline(self, connection: Connection, action: str, maintenance: bool) -> Iterator[None]:
+        """Shut the connection down if the call outlives its deadline (PostgreSQL only).
+
+        SQLite needs no deadline: its only wait, for a lock, is bounded by busy_timeout.
+        """
+        if self.dialect != "postgresql":
+            yield
+            return
+        seconds = self.timeouts.maintenance_s if maintenance else self.timeouts.operation_s
+        dbapi_connection = connection.connection.dbapi_connection
+        action_on_expiry = shut_down_socket(dbapi_connection)  # type: ignore[arg-type]
+        deadline = self._watchdog.arm(seconds, action_on_expiry)
+        try:
+            yield
+        except Exception as error:
+            if deadline.fired:
+                raise StoreUnavailable(
+                    f"{action} failed: database at {self.redacted_url} did not answer within "
+                    f"{seconds:g}s."
+                ) from error
+            raise
+        finally:
+            self._watchdog.disarm(deadline)
 
     @contextmanager
     def _translate_errors(self, action: str) -> Iterator[None]:
         try:
             yield
-        except (OperationalError, InterfaceError, PoolTimeoutError) as error:
+        except (OperationalError, InterfaceError, PoolTimeoutError, DisconnectionError) as error:
             reason = getattr(error, "orig", None) or error
             raise StoreUnavailable(
                 f"{action} failed: database at {self.redacted_url} is unavailable ({reason})."
+            ) from error
+        except (DataError, IntegrityError) as error:
+            raise StoreRejected(
+                f"{action} failed: the database refused the data ({error.orig})."
+            ) from error
+        except StatementError as error:
+            if not isinstance(error.orig, UnicodeError | orjson.JSONEncodeError):
+                raise
+            raise StoreRejected(
+                f"{action} failed: the data cannot be encoded ({error.orig})."
+            ) from error
+        except (UnicodeError, orjson.JSONEncodeError) as error:
+            raise StoreRejected(
+                f"{action} failed: the data cannot be encoded ({error})."
             ) from error

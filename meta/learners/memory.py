@@ -119,6 +119,15 @@ class MemoryLearner(EpisodicLearner):
         projected = self._project_fn(tf.convert_to_tensor(np.asarray(x, np.float32)))
         return projected.numpy().astype(np.float64)
 
+    def project(self, x: np.ndarray) -> np.ndarray:
+        """Memory keys of ``x``: the space the reader compares records in."""
+        return self._project(x)
+
+    @property
+    def temperature(self) -> float:
+        """The learned read temperature (on squared distances)."""
+        return float(np.exp(self._variables["memory/log_temperature"].numpy()))
+
     def _batch_loss(
         self,
         support_x: tf.Tensor,

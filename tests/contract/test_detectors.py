@@ -7,8 +7,10 @@ from typing import Any
 
 import pytest
 
-from detectors import DETECTOR_TYPES, Detector, WindowDetector
-from detectors._testing import yield_checks
+from detectors import DETECTOR_TYPES, Detector, LabelledDetector, RecordDetector, WindowDetector
+from detectors.checks import yield_checks
+
+_PROTOCOLS = {"window": WindowDetector, "record": RecordDetector, "labelled": LabelledDetector}
 
 _CASES = [
     pytest.param(detector_class, check, id=f"{type_name}-{check.__name__}")
@@ -26,7 +28,8 @@ def test_registered_detectors_follow_the_protocol(type_name: str) -> None:
     detector_class = DETECTOR_TYPES[type_name]
     detector = detector_class(**detector_class.example_params()[0])
     assert isinstance(detector, Detector)
-    assert isinstance(detector, WindowDetector)
+    assert isinstance(detector, _PROTOCOLS[detector_class.family])
+    assert issubclass(detector_class.Config, object) and callable(detector_class.from_config)
 
 
 @pytest.mark.parametrize(("detector_class", "check"), _CASES)

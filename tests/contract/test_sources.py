@@ -228,6 +228,25 @@ def test_a_bad_line_is_an_error_record_not_an_exception(case: SourceCase, tmp_pa
     assert bad.raw in ("this is not json", "1,2,3")
 
 
+INVISIBLE = ["\x1c", "\x1f", "\x0b", "\x0c", "\x85", "\xa0", "\u2028", "\u3000", " \t"]
+
+
+def test_every_non_empty_line_is_accounted_for(case: SourceCase, tmp_path: Path) -> None:
+    lines = content(case.format, header=case.header)
+    first = 1 if case.header else 0  # keep the CSV header the first line
+    for number, text in enumerate(INVISIBLE):
+        lines.insert(first + 2 * number, text.encode())
+    lines.insert(first, b"")  # an empty line carries nothing and is the only one skipped
+    source = case.build(tmp_path, lines)
+    source.open(None)
+    records = records_of(drain(source, case))
+    blank = [r for r in records if r.error == "blank"]
+    assert [r.raw for r in blank] == INVISIBLE
+    assert all(r.fields is None and r.detail for r in blank)
+    assert ids_of([r for r in records if r.error != "blank"]) == EXPECTED_IDS
+    assert len({r.offset_key for r in records}) == len(records)
+
+
 def test_the_end_is_reported_as_exhaustion_or_an_empty_batch(
     case: SourceCase, tmp_path: Path
 ) -> None:

@@ -19,7 +19,6 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy.exc import IntegrityError
 
 from storage import (
     IncidentNotFound,
@@ -28,6 +27,7 @@ from storage import (
     NewIncident,
     QuarantinedRecord,
     Store,
+    StoreRejected,
 )
 from storage.models import Base
 
@@ -224,7 +224,7 @@ def test_a_batch_failing_midway_commits_nothing(store: Store) -> None:
 
     # n_window=None violates NOT NULL after the incidents of the batch were already inserted.
     broken = drift_report("w9", n_window=None)
-    with pytest.raises(IntegrityError):
+    with pytest.raises(StoreRejected, match="refused"):
         store.commit_batch(
             source="stream",
             position={"offset": 99},
@@ -272,6 +272,83 @@ def test_concurrent_batches_from_threads_all_land(store: Store) -> None:
     assert errors == []
     assert store.count_incidents() == {"adversarial": 400}
     assert all(store.load_position(f"s{w}") == {"batch": 4} for w in range(4))
+
+
+# ---------------------------------------------------------------------------- unstorable text
+
+NUL_AND_SURROGATE = "GET /\x00admin \udcff end"
+STORED_AS = "GET /\ufffdadmin \ufffd end"
+
+
+def test_text_with_nul_and_lone_surrogates_is_stored_with_replacement_characters(
+    store: Store,
+) -> None:
+    (incident_id,) = store.commit_batch(
+        source="stream",
+        position={"file": NUL_AND_SURROGATE, "offset": 1},
+        incidents=[
+            incident(
+                1,
+                record_excerpt=NUL_AND_SURROGATE,
+                predicted_class="class\x00",
+                explanation={"id\x00": NUL_AND_SURROGATE, "nested": [{"\ud800": "\x00"}]},
+            )
+        ],
+        quarantine=[
+            QuarantinedRecord(
+                source="stream",
+                offset_key="7",
+                reason="not_json",
+                detail=NUL_AND_SURROGATE,
+                raw_excerpt=NUL_AND_SURROGATE,
+            )
+        ],
+        drift_reports=[
+            drift_report("w1", features=[{"name": "f\x00"}], top_features=["f\x00", "\udc80"])
+        ],
+    ).created_ids
+    labelled = store.label_incident(incident_id, "dos\x00", actor="ana\udcff", note="\x00note")
+
+    stored = store.get_incident(incident_id)
+    assert stored.record_excerpt == STORED_AS
+    assert stored.predicted_class == "class\ufffd"
+    assert stored.explanation == {"id\ufffd": STORED_AS, "nested": [{"\ufffd": "\ufffd"}]}
+    assert labelled.analyst_label == "dos\ufffd"
+    label = store.list_labels()[0]
+    assert (label.label, label.actor, label.note) == ("dos\ufffd", "ana\ufffd", "\ufffdnote")
+    entry = store.list_quarantine()[0]
+    assert (entry.detail, entry.raw_excerpt) == (STORED_AS, STORED_AS)
+    report = store.list_drift_reports()[0]
+    assert (report.features, report.top_features) == ([{"name": "f\ufffd"}], ["f\ufffd", "\ufffd"])
+    assert store.load_position("stream") == {"file": STORED_AS, "offset": 1}
+    assert json.dumps(stored.to_dict(), ensure_ascii=False).encode("utf-8")
+
+
+def test_a_source_name_with_nul_resumes_from_its_own_position(store: Store) -> None:
+    store.commit_batch(source="odd\x00name", position={"offset": 3})
+    assert store.load_position("odd\x00name") == {"offset": 3}
+
+
+def test_filters_with_unstorable_text_match_nothing(store: Store) -> None:
+    store.commit_batch(
+        source="a\ufffd",
+        position=None,
+        incidents=[incident(1, source="a\ufffd", kind="k\ufffd")],
+        quarantine=[
+            QuarantinedRecord(
+                source="a\ufffd", offset_key="1", reason="not_json", detail="", raw_excerpt=""
+            )
+        ],
+        drift_reports=[drift_report("w1", source="a\ufffd")],
+    )
+    # U+FFFD is a real character and can be searched for; NUL and lone surrogates never are.
+    assert len(store.list_incidents(source="a\ufffd")) == 1
+    assert store.list_incidents(source="a\x00") == []
+    assert store.list_incidents(kind="k\x00") == []
+    assert store.list_incidents(kind="k\ud800", source="a\ufffd") == []
+    assert store.list_quarantine(source="a\x00") == []
+    assert store.list_drift_reports(source="a\udcff") == []
+    assert store.list_drift_reports(detector="mmd\x00") == []
 
 
 # ---------------------------------------------------------------------------- incidents

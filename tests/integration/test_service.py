@@ -99,6 +99,10 @@ def test_service_end_to_end(running_agent: tuple[subprocess.Popen[bytes], str, s
         raise AssertionError("the sample was not replayed within 120 s")
     for name in CATALOGUE:
         assert name in text, f"{name} is in the catalogue but not exported"
+    # Idle after the replay: nothing in flight, and the last commit is recent.
+    assert "metasentry_batch_in_flight_age_seconds 0.0" in text
+    last_commit = float(text.split("\nmetasentry_last_commit_timestamp_seconds ")[1].split()[0])
+    assert time.time() - last_commit < 300
 
     incidents = httpx.get(f"{api}/v1/incidents", params={"kind": "drift"}).json()["incidents"]
     assert incidents and incidents[0]["kind"] == "drift"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -42,6 +43,12 @@ def values(records: list[RawRecord]) -> list[object]:
     return [r.fields["i"] if r.fields else r.error for r in records]
 
 
+def split_key(key: str) -> tuple[str, int]:
+    """(generation id, byte offset) of a file offset key."""
+    generation, _, offset = key.rpartition(":")
+    return generation, int(offset)
+
+
 def test_appended_lines_are_seen(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     path.write_bytes(b'{"i": 0}\n')
@@ -49,7 +56,15 @@ def test_appended_lines_are_seen(tmp_path: Path) -> None:
     assert values(collect(source, 1)) == [0]
     empty = source.fetch(100, timeout_s=0.05)
     assert empty.records == () and not empty.exhausted
-    assert empty.position == {"path": str(path), "inode": os.stat(path).st_ino, "offset": 9}
+    assert empty.position is not None
+    assert {k: empty.position[k] for k in ("path", "inode", "offset", "epoch")} == {
+        "path": str(path),
+        "inode": os.stat(path).st_ino,
+        "offset": 9,
+        "epoch": 0,
+    }
+    assert empty.position["fingerprint"] == hashlib.sha256(b'{"i": 0}\n').hexdigest()
+    assert empty.position["fingerprint_bytes"] == 9
     append(path, b'{"i": 1}\n{"i": 2}\n')
     assert values(collect(source, 2)) == [1, 2]
     source.close()
@@ -76,7 +91,8 @@ def test_partial_line_is_delivered_once_its_newline_arrives(tmp_path: Path) -> N
     append(path, b": 1}\n")
     (second,) = collect(source, 1)
     assert second.fields == {"i": 1}
-    assert second.offset_key == f"{os.stat(path).st_ino}:9"
+    assert split_key(second.offset_key) == (split_key(first[0].offset_key)[0], 9)
+    assert second.offset_key.startswith(f"{os.stat(path).st_ino}-")
 
 
 def test_rotation_loses_nothing_from_the_old_file(tmp_path: Path) -> None:
@@ -91,12 +107,11 @@ def test_rotation_loses_nothing_from_the_old_file(tmp_path: Path) -> None:
     new_inode = os.stat(path).st_ino
     records = collect(source, 4)
     assert values(records) == [1, 2, 3, 4]
-    assert [r.offset_key for r in records] == [
-        f"{old_inode}:9",
-        f"{old_inode}:18",
-        f"{new_inode}:0",
-        f"{new_inode}:9",
-    ]
+    keys = [split_key(r.offset_key) for r in records]
+    assert [offset for _, offset in keys] == [9, 18, 0, 9]
+    old, new = keys[0][0], keys[2][0]
+    assert [generation for generation, _ in keys] == [old, old, new, new]
+    assert old.startswith(f"{old_inode}-") and new.startswith(f"{new_inode}-")
     append(path, b'{"i": 5}\n')
     assert values(collect(source, 1)) == [5]
 
@@ -132,13 +147,17 @@ def test_truncation_restarts_at_the_beginning(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     path.write_bytes(b'{"i": 0}\n{"i": 1}\n{"i": 2}\n')
     source = follow(path)
-    collect(source, 3)
+    before = collect(source, 3)
     with path.open("r+b") as handle:  # copytruncate: same inode, emptied, then written again
         handle.truncate(0)
-    append(path, b'{"i": 9}\n')
+    assert source.fetch(100, timeout_s=0.05).records == ()  # the reader sees it shrink
+    append(path, b'{"i": 0}\n')  # the same bytes as the first line of the old content
     (record,) = collect(source, 1)
-    assert record.fields == {"i": 9}
-    assert record.offset_key == f"{os.stat(path).st_ino}:0"
+    assert record.fields == {"i": 0}
+    generation, offset = split_key(record.offset_key)
+    assert offset == 0 and generation.startswith(f"{os.stat(path).st_ino}-")
+    assert record.offset_key != before[0].offset_key  # a new generation: no clash in the store
+    assert source.skipped == {}  # everything of the old content had been read
 
 
 def test_waits_for_a_file_that_does_not_exist_yet(tmp_path: Path) -> None:

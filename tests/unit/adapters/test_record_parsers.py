@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from adapters._lines import LineBlock, LineSplitter
@@ -56,10 +58,10 @@ class TestJsonl:
         assert "50 bytes" in (records[5].detail or "")
         assert records[5].raw == "x" * 50
 
-    def test_blank_lines_are_skipped_but_keep_offsets_of_the_others(self) -> None:
-        records = parse(JsonlParser(1000), b'\n  \n{"a": 1}\n\r\n{"a": 2}\n')
+    def test_empty_lines_are_skipped_but_keep_offsets_of_the_others(self) -> None:
+        records = parse(JsonlParser(1000), b'\n{"a": 1}\n\r\n{"a": 2}\n')
         assert [r.fields for r in records] == [{"a": 1}, {"a": 2}]
-        assert [r.offset_key for r in records] == ["k4", "k15"]
+        assert [r.offset_key for r in records] == ["k1", "k12"]
 
     def test_crlf_line_endings_and_a_leading_bom_are_dropped(self) -> None:
         records = parse(JsonlParser(1000), b'\xef\xbb\xbf{"a": 1}\r\n{"a": 2}\r\n')
@@ -78,6 +80,60 @@ class TestJsonl:
 
 
 COLUMNS = ["duration", "protocol", "note"]
+
+# Whitespace to str.isspace, and line boundaries to str.splitlines (U+2028, U+0085, \x1c-\x1e),
+# yet not a line ending in a file of records: lines made of them must be accounted for.
+INVISIBLE = ["\x1c", "\x1d", "\x1e", "\x1f", "\x0b", "\x0c", "\x85", "\xa0", "\u2028",
+             "\u3000", " ", "\t", " \u2028\x1c\t"]
+
+
+def jsonl_parser() -> JsonlParser:
+    return JsonlParser(1000)
+
+
+def csv_parser(columns: list[str] = COLUMNS) -> CsvParser:
+    return CsvParser(columns=columns, header=False, delimiter=",", max_record_bytes=1000)
+
+
+def good_line(parser: JsonlParser | CsvParser) -> bytes:
+    """A valid record in the parser's format, one or three cells for CSV."""
+    if isinstance(parser, JsonlParser):
+        return b'{"duration": 1}'
+    return b"1,tcp,x" if parser.columns == COLUMNS else b"x"
+
+
+@pytest.mark.parametrize("make", [jsonl_parser, csv_parser, lambda: csv_parser(["only"])],
+                         ids=["jsonl", "csv", "csv-one-column"])
+class TestInvisibleLines:
+    @pytest.mark.parametrize("text", INVISIBLE, ids=[f"U+{ord(t[0]):04X}" for t in INVISIBLE])
+    def test_a_line_of_whitespace_is_a_blank_error_record(
+        self, make: Callable[[], JsonlParser | CsvParser], text: str
+    ) -> None:
+        parser = make()
+        good = good_line(parser)
+        records = parse(parser, good + b"\n" + text.encode() + b"\n\n\r\n" + good + b"\n")
+        assert by_error(records) == [None, "blank", None]
+        blank = records[1]
+        assert blank.fields is None and blank.raw == text
+        assert blank.offset_key == f"k{len(good) + 1}"
+        assert blank.detail and f"U+{ord(text[0]):04X}" in blank.detail and "\n" not in blank.detail
+        assert "blank" in ERROR_CODES
+
+    def test_separators_inside_a_record_do_not_split_it(
+        self, make: Callable[[], JsonlParser | CsvParser]
+    ) -> None:
+        parser = make()
+        inner = "a\u2028b\x85c\x1cd\x1ee\x1ff"
+        if isinstance(parser, JsonlParser):  # JSON strings hold control characters escaped only
+            inner = "a\u2028b\x85c"
+            data = f'{{"note": "{inner}"}}\n{{"note": "g"}}\n'
+        elif parser.columns == COLUMNS:
+            data = f"1,tcp,{inner}\n2,udp,g\n"
+        else:
+            data = f"{inner}\ng\n"
+        records = parse(parser, data.encode())
+        assert by_error(records) == [None, None]
+        assert records[0].fields is not None and inner in records[0].fields.values()
 
 
 class TestCsv:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import make_url
 
 from agent.cli import main
 from agent.config import ConfigError, load_config, parse_config
@@ -52,9 +53,9 @@ def test_every_structural_error_is_reported_at_once(write_config: Callable[..., 
     })
     code, out = _check(path, env={"METASENTRY_API_TOKEN": token})
     assert code == 2
-    assert "detectors.feature_drift.window: invalid value (got 'abc', expected an integer)" in out
-    assert "detectors.feature_drift.alpha: invalid value (got 2, expected a number < 1" in out
-    assert "detectors.feature_drift.windw: unknown key" in out
+    assert "detectors[0].window: invalid value (got 'abc', expected an integer)" in out
+    assert "detectors[0].alpha: invalid value (got 2, expected a number < 1" in out
+    assert "detectors[0].windw: unknown key" in out
     assert ("sources[0].mode: invalid value (got 'tail', expected one of 'follow' or "
             "'replay')") in out
     assert "metrics.listen: expected HOST:PORT" in out
@@ -137,3 +138,50 @@ sources: [{type: stdin}]
 def test_top_level_must_be_a_mapping() -> None:
     with pytest.raises(ConfigError, match="expected a mapping at the top level"):
         parse_config("- just\n- a list\n")
+
+
+# --- secrets substituted into storage.url ---------------------------------------------------
+
+RESERVED_PASSWORD = "p@ss:w/rd#1?x"
+
+
+@pytest.mark.parametrize("template, where", [
+    ("postgresql+psycopg://svc:${PGPASS_FOR_TEST}@db.internal:6432/prod", "userinfo"),
+    ("postgresql+psycopg://svc@db.internal:6432/prod?sslmode=require&password=${PGPASS_FOR_TEST}",
+     "query"),
+])
+def test_a_password_with_reserved_characters_stays_one_password(
+        write_config: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, token: str,
+        template: str, where: str) -> None:
+    monkeypatch.setenv("PGPASS_FOR_TEST", RESERVED_PASSWORD)
+    config = load_config(write_config(**{"storage.url": template}))
+    url = make_url(config.storage_url())
+    assert (url.host, url.port, url.database, url.username) == ("db.internal", 6432, "prod", "svc")
+    assert (url.password if where == "userinfo" else url.query["password"]) == RESERVED_PASSWORD
+    code, out = _check(write_config(**{"storage.url": template}),
+                       env={"METASENTRY_API_TOKEN": token, "PGPASS_FOR_TEST": RESERVED_PASSWORD})
+    assert code == 0, out
+    assert "p@ss" not in out and "rd#1" not in out
+
+
+def test_a_url_broken_by_the_environment_is_one_line_without_the_secret(
+        write_config: Callable[..., Path], token: str) -> None:
+    path = write_config(**{"storage.url": "postgresql+psycopg://svc:${PGPASS_FOR_TEST}@"
+                                          "${PGHOST_FOR_TEST}/prod"})
+    code, out = _check(path, env={"METASENTRY_API_TOKEN": token,
+                                  "PGPASS_FOR_TEST": RESERVED_PASSWORD,
+                                  "PGHOST_FOR_TEST": "db:not-a-port"})
+    assert code == 2
+    assert {line for line in out.splitlines() if line.startswith("error:")} == {
+        "error: storage.url: not a valid database URL once the environment is substituted "
+        "(got 'postgresql+psycopg://svc:***@${PGHOST_FOR_TEST}/prod'; check the host, port and "
+        "database parts, and any ${VAR} used there)"}
+    assert "p@ss" not in out and "Traceback" not in out
+
+
+def test_summary_hides_a_query_string_password(write_config: Callable[..., Path],
+                                               token: str) -> None:
+    path = write_config(**{"storage.url": "postgresql+psycopg://svc@db/x?password=hunter2"})
+    code, out = _check(path, env={"METASENTRY_API_TOKEN": token})
+    assert code == 0, out
+    assert "hunter2" not in out and "password=***" in out

@@ -2,7 +2,7 @@
 
 False-alarm assertions use a binomial margin: with ``N`` windows and level ``alpha``, the
 budget is the smallest count ``c`` with ``P(X > c) <= 0.001`` for ``X ~ Binomial(N, alpha)``
-(see ``detectors._testing.false_alarm_budget``). A detector whose per-window false-alarm rate is
+(see ``detectors.checks.false_alarm_budget``). A detector whose per-window false-alarm rate is
 exactly ``alpha`` fails such an assertion with probability below 0.1%. Several independent
 references are used, so that the observed rate is not the rate of one lucky or unlucky
 reference sample.
@@ -17,7 +17,7 @@ import pytest
 
 from detectors import FeatureDriftDetector
 from detectors._multiple_testing import Correction
-from detectors._testing import Shift, false_alarm_budget, synthetic_batch
+from detectors.checks import Shift, false_alarm_budget, synthetic_batch
 
 if TYPE_CHECKING:
     from conftest import NslKdd  # the fixtures' type, from this folder's conftest.py

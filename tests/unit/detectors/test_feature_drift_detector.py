@@ -18,7 +18,7 @@ from detectors import (
     NotFittedError,
 )
 from detectors._multiple_testing import adjust_p_values
-from detectors._testing import CATEGORICAL_NAMES, NUMERIC_NAMES, Shift, synthetic_batch
+from detectors.checks import CATEGORICAL_NAMES, NUMERIC_NAMES, Shift, synthetic_batch
 
 
 def fitted(seed: int = 0, n_reference: int = 4000, **params: Any) -> FeatureDriftDetector:

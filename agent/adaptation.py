@@ -1,0 +1,207 @@
+"""Labels → screening → adaptation → canary → checked activation: the agent learning.
+
+Triggers: a class reaching ``adaptation.min_labels`` new accepted labels (checked right after a
+label arrives through the API and by a scheduled job for labels given with the CLI),
+``metasentry adapt`` and ``POST /v1/adapt``. One process at a time adapts (a database lock,
+so several replicas on one PostgreSQL never build rival versions). A run:
+
+1. screens the pending labels (:mod:`agent.screening`) and holds the suspicious ones;
+2. enrols the accepted ones into a *candidate* version built on the serving one (memory-style
+   learners write them into the memory; prototype and gradient learners re-adapt);
+3. evaluates the candidate on the canary set and on earlier accepted labels
+   (:mod:`agent.canary`) and compares it with the version serving now;
+4. registers it: ``active`` in the same transaction that retires the old version, or
+   ``rejected`` with its reasons and a ``model_rejected`` incident, the serving version
+   untouched. The labels are marked ``used`` (by that version) or ``rejected``.
+
+A crash anywhere before step 4 leaves no version behind and the labels pending; a crash
+after it leaves a complete, consistent registry: there is no half-written active version.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.canary import CanaryLimits, failed_limits
+from agent.config import AgentConfig
+from agent.metrics import Metrics
+from agent.model_runtime import ModelRuntime
+from agent.screening import ActorRecord, Candidate, screen
+from agent.support import label_support
+from storage import NewIncident, Store
+
+log = logging.getLogger(__name__)
+
+ADAPTATION_SOURCE = "model-registry"
+
+
+@dataclass(frozen=True)
+class AdaptationOutcome:
+    """What one adaptation run did."""
+
+    status: str  # activated | rejected | waiting | busy | nothing_pending | no_model | failed
+    version: str | None = None
+    reasons: tuple[str, ...] = ()
+    labels_used: tuple[int, ...] = ()
+    labels_held: dict[int, str] = field(default_factory=dict)
+    canary: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "version": self.version, "reasons": list(self.reasons),
+                "labels_used": list(self.labels_used),
+                "labels_held": {str(k): v for k, v in self.labels_held.items()},
+                "canary": self.canary, "seconds": self.seconds}
+
+
+class Adapter:
+    """Runs adaptations for one agent process (or one CLI invocation)."""
+
+    def __init__(self, config: AgentConfig, store: Store, runtime: ModelRuntime,
+                 metrics: Metrics) -> None:
+        self.config = config
+        self.store = store
+        self.runtime = runtime
+        self.metrics = metrics
+
+    def ready(self) -> bool:
+        """Whether some class has enough new labels to be worth a run."""
+        counts = self.store.pending_label_counts()
+        return any(n >= self.config.adaptation.min_labels for n in counts.values())
+
+    def run_if_ready(self, trigger: str) -> AdaptationOutcome | None:
+        """The scheduled check: adapt when enough labels are pending."""
+        if not self.ready():
+            return None
+        return self.run(trigger)
+
+    def run(self, trigger: str, *, force: bool = False) -> AdaptationOutcome:
+        """Screen, adapt, canary-check and register; never raises for a bad candidate."""
+        started = time.perf_counter()
+        with self.store.adaptation_lock(timeout_s=0.0) as acquired:
+            if not acquired:
+                return AdaptationOutcome(status="busy", reasons=("another process is adapting",))
+            try:
+                self.runtime.refresh()  # adapt on top of what is active now, wherever it came from
+                outcome = self._run(trigger, force=force)
+            except Exception:
+                self.metrics.adaptations.labels("failed").inc()
+                log.exception("adaptation (%s) failed; the serving version is unchanged", trigger)
+                raise
+        outcome = _with_seconds(outcome, time.perf_counter() - started)
+        if outcome.status in ("activated", "rejected"):
+            self.metrics.adaptations.labels(outcome.status).inc()
+            self.metrics.adaptation_seconds.observe(outcome.seconds)
+        return outcome
+
+    # --- one run ---------------------------------------------------------------------------
+
+    def _run(self, trigger: str, *, force: bool) -> AdaptationOutcome:
+        parent = self.runtime.current()
+        serving = self.runtime.version
+        if parent is None or serving is None:
+            return AdaptationOutcome(status="no_model", reasons=("no model version is serving",))
+        pending = self.store.pending_labelled_records()
+        if not pending:
+            return AdaptationOutcome(status="nothing_pending")
+        held, accepted = self._screen(pending, parent)
+        counts = Counter(r.label for r in accepted)
+        if not accepted or (not force and max(counts.values()) < self.config.adaptation.min_labels):
+            return AdaptationOutcome(status="waiting", labels_held=held,
+                                     reasons=(f"accepted labels per class {dict(counts)} below "
+                                              f"min_labels {self.config.adaptation.min_labels}",))
+        earlier = self.store.labelled_records(serving.label_ids)
+        records = sorted([*earlier, *accepted], key=lambda r: r.label_id)
+        candidate = self.runtime.build_with(parent, accepted)
+        earlier_ids = {r.label_id for r in earlier}
+        new_ids = {r.label_id for r in accepted}
+        serving_canary = self.runtime.evaluate(parent, earlier=earlier_ids)
+        canary = self.runtime.evaluate(candidate, earlier=earlier_ids, new=new_ids)
+        limits = CanaryLimits(self.config.adaptation.max_known_drop,
+                              self.config.adaptation.max_benign_increase)
+        reasons = failed_limits(canary, serving_canary, limits)
+        cfg = self.config.model
+        figures = {"canary": canary.to_dict(), "serving_canary": serving_canary.to_dict()}
+        common: dict[str, Any] = {
+            "algorithm": serving.algorithm, "path": serving.path,
+            "sha256": self.runtime.digest(serving.algorithm, serving.base_sha256 or "", records),
+            "metrics": figures, "base_sha256": serving.base_sha256,
+            "parent": serving.version, "classes": list(candidate.classes),
+            "label_ids": [r.label_id for r in records], "trigger": trigger,
+            "benign_class": cfg.benign_class,
+        }
+        if reasons:
+            return self._reject(common, reasons, accepted, held, figures)
+        version = self.store.add_model_version(
+            version=self.store.next_model_version(), activate=True, status="active",
+            **common)
+        self.store.set_label_status([r.label_id for r in accepted], "used",
+                                    model_version=version.version)
+        self.runtime.install(candidate, version, canary)
+        self.metrics.labels.labels("used").inc(len(accepted))
+        log.info("model version %s active (%s): enrolled %d label(s) %s; canary accuracy "
+                 "%.1f%%, benign false-alarm rate %.2f%%", version.version, trigger,
+                 len(accepted), dict(counts), 100 * canary.known_accuracy,
+                 100 * canary.benign_false_alarm_rate)
+        return AdaptationOutcome(status="activated", version=version.version,
+                                 labels_used=tuple(sorted(new_ids)), labels_held=held,
+                                 canary=figures)
+
+    def _screen(self, pending: list[Any], parent: Any) -> tuple[dict[int, str], list[Any]]:
+        support = label_support(pending, self.runtime.encoder)
+        by_id = {int(o.split(":", 1)[1]): i for i, o in enumerate(support.origin)}
+        unencodable = {r.label_id: "the record cannot be encoded with the current schema"
+                       for r in pending if r.label_id not in by_id}
+        candidates = [Candidate(label_id=r.label_id, label=r.label, actor=r.actor,
+                                record_id=r.record_id, x=support.x[by_id[r.label_id]],
+                                released=r.status == "released")
+                      for r in pending if r.label_id in by_id]
+        history: dict[str, ActorRecord] = defaultdict(ActorRecord)
+        for actor, (screened, passed) in self.store.actor_screening_record().items():
+            history[actor] = ActorRecord(screened=screened, passed=passed)
+        result = screen(candidates, parent, self.config.adaptation.screening, history=history,
+                        other_labels=self.store.accepted_labels_on_records(
+                            [c.record_id for c in candidates]))
+        held = {**unencodable, **result.held}
+        if held:
+            for label_id, reason in held.items():
+                self.store.set_label_status([label_id], "held", reason=reason)
+            self.metrics.labels.labels("held").inc(len(held))
+        accepted = [r for r in pending if r.label_id in set(result.accepted)]
+        return held, accepted
+
+    def _reject(self, common: dict[str, Any], reasons: list[str], accepted: list[Any],
+                held: dict[int, str], figures: dict[str, Any]) -> AdaptationOutcome:
+        version = self.store.add_model_version(
+            version=self.store.next_model_version(), activate=False, status="rejected",
+            reasons=reasons, **common)
+        self.store.set_label_status([r.label_id for r in accepted], "rejected",
+                                    reason="; ".join(reasons), model_version=version.version)
+        self.metrics.labels.labels("rejected").inc(len(accepted))
+        incident = NewIncident(
+            kind="model_rejected", severity="high", source=ADAPTATION_SOURCE,
+            offset_key=f"version:{version.version}", detector="adaptation",
+            explanation={"summary": f"candidate model version {version.version} rejected: "
+                                    + "; ".join(reasons),
+                         "reasons": reasons, "parent": common["parent"],
+                         "labels": [r.label_id for r in accepted], **figures},
+            record_excerpt="; ".join(reasons)[:500], model_version=version.version)
+        self.store.commit_batch(source=ADAPTATION_SOURCE, position=None, incidents=[incident])
+        self.metrics.incidents.labels("model_rejected", "high").inc()
+        log.warning("model version %s rejected, version %s keeps serving: %s", version.version,
+                    common["parent"], "; ".join(reasons))
+        return AdaptationOutcome(status="rejected", version=version.version,
+                                 reasons=tuple(reasons),
+                                 labels_used=tuple(r.label_id for r in accepted),
+                                 labels_held=held, canary=figures)
+
+
+def _with_seconds(outcome: AdaptationOutcome, seconds: float) -> AdaptationOutcome:
+    return AdaptationOutcome(status=outcome.status, version=outcome.version,
+                             reasons=outcome.reasons, labels_used=outcome.labels_used,
+                             labels_held=outcome.labels_held, canary=outcome.canary,
+                             seconds=seconds)

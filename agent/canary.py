@@ -1,0 +1,103 @@
+"""Canary evaluation: what a candidate model version must show before it may go live.
+
+A version is judged on records it was never adapted to: the held-out canary part of the
+labelled reference (known-class accuracy, and the share of benign canary records that would
+raise an ``attack`` or ``novel`` finding), and the analyst labels accepted for earlier versions,
+each classified with its own record left out of the memory (so a version that unlearned an
+earlier label cannot hide behind remembering that very record). A candidate goes live only if
+it is no worse than the version serving now by more than the configured margins; otherwise it
+is rejected with the reasons, and the serving version stays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from meta.live import AlertModel, SupportSet
+
+
+@dataclass(frozen=True)
+class CanaryReport:
+    """One version's figures on the canary records."""
+
+    known_accuracy: float
+    benign_false_alarm_rate: float
+    records: int
+    benign_records: int
+    earlier_label_accuracy: float | None = None
+    earlier_labels: int = 0
+    new_label_accuracy: float | None = None
+    new_labels: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class CanaryLimits:
+    max_known_drop: float
+    max_benign_increase: float
+
+
+def evaluate(model: AlertModel, canary: SupportSet, *, alpha: float,
+             earlier_label_ids: set[int] | frozenset[int] = frozenset(),
+             new_label_ids: set[int] | frozenset[int] = frozenset()) -> CanaryReport:
+    """Figures of ``model`` on the canary set and, leave-one-out, on its analyst labels."""
+    out = model.classify(canary.x)
+    correct = np.asarray(out.predicted).astype(str) == canary.y
+    benign = canary.y == model.benign_class
+    alarms = (out.novelty_p <= alpha) | (np.asarray(out.predicted).astype(str)
+                                        != model.benign_class)
+    earlier_accuracy, n_earlier = _label_accuracy(model, earlier_label_ids)
+    new_accuracy, n_new = _label_accuracy(model, new_label_ids)
+    return CanaryReport(
+        known_accuracy=float(correct.mean()) if correct.size else 1.0,
+        benign_false_alarm_rate=float(alarms[benign].mean()) if benign.any() else 0.0,
+        records=int(len(canary)), benign_records=int(benign.sum()),
+        earlier_label_accuracy=earlier_accuracy, earlier_labels=n_earlier,
+        new_label_accuracy=new_accuracy, new_labels=n_new,
+    )
+
+
+def _label_accuracy(model: AlertModel, label_ids: set[int] | frozenset[int]
+                    ) -> tuple[float | None, int]:
+    if not label_ids:
+        return None, 0
+    origins = model.support.origin
+    rows = np.flatnonzero([o.startswith("label:") and int(o[6:]) in label_ids for o in origins])
+    if rows.size == 0:
+        return None, 0
+    out = model.classify(model.support.x[rows], exclude=rows)
+    correct = np.asarray(out.predicted).astype(str) == model.support.y[rows]
+    return float(correct.mean()), int(rows.size)
+
+
+def failed_limits(candidate: CanaryReport, serving: CanaryReport | None,
+                  limits: CanaryLimits) -> list[str]:
+    """Why ``candidate`` may not replace ``serving`` (empty: it may)."""
+    if serving is None:
+        return []
+    reasons = []
+    drop = serving.known_accuracy - candidate.known_accuracy
+    if drop > limits.max_known_drop:
+        reasons.append(
+            f"known-class accuracy on the canary set fell from {serving.known_accuracy:.1%} to "
+            f"{candidate.known_accuracy:.1%} (limit: {limits.max_known_drop:.1%} lower)")
+    rise = candidate.benign_false_alarm_rate - serving.benign_false_alarm_rate
+    if rise > limits.max_benign_increase:
+        reasons.append(
+            f"benign false-alarm rate on the canary set rose from "
+            f"{serving.benign_false_alarm_rate:.2%} to {candidate.benign_false_alarm_rate:.2%} "
+            f"(limit: {limits.max_benign_increase:.2%} higher)")
+    if (candidate.earlier_label_accuracy is not None
+            and serving.earlier_label_accuracy is not None):
+        fall = serving.earlier_label_accuracy - candidate.earlier_label_accuracy
+        if fall > limits.max_known_drop:
+            reasons.append(
+                f"accuracy on earlier accepted labels fell from "
+                f"{serving.earlier_label_accuracy:.1%} to {candidate.earlier_label_accuracy:.1%}"
+                f" (limit: {limits.max_known_drop:.1%} lower)")
+    return reasons

@@ -1,0 +1,110 @@
+"""The configured detectors of one source, built from ``detectors:`` and run family by family.
+
+The pipeline knows no detector class by name: every enabled entry is built through
+:data:`detectors.DETECTOR_TYPES` (``from_config`` with the reference batch and, for detectors
+that need it, the live model), and each family is driven by its contract:
+
+* window detectors get every record (including records re-read after a restart to rebuild
+  their windows) and report windows;
+* record detectors score only the records not committed before (a restart re-reads some
+  records for window state only; their verdicts were committed already);
+* labelled-data detectors see every record that carries a label (their sliding window needs
+  the re-read ones too), and their verdicts on fresh records count.
+
+Each source gets its own set, so windows never mix two streams.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from agent.config import AgentConfig
+from detectors import build_detector
+from detectors.base import DetectorContext, DriftReport, FeatureBatch, ModelHandle, Verdict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """One record or labelled-data detector's verdict on the fresh records of a batch."""
+
+    detector: Any
+    verdict: Verdict  # one entry per fresh row
+    rows: np.ndarray  # the fresh rows of the batch's features the verdict is about
+
+
+class DetectorSet:
+    """Window, record and labelled-data detectors of one source."""
+
+    def __init__(self, config: AgentConfig, reference: FeatureBatch,
+                 model: ModelHandle | None) -> None:
+        context = DetectorContext(reference=reference, model=model)
+        self.windows: list[Any] = []
+        self.records: list[Any] = []
+        self.labelled: list[Any] = []
+        for entry in config.enabled_detectors():
+            if entry.type == "classifier" and "alpha" not in entry.model_fields_set:
+                entry = entry.model_copy(update={"alpha": config.model.novel_false_alarm_rate})
+            detector = build_detector(entry, context)
+            {"window": self.windows, "record": self.records,
+             "labelled": self.labelled}[detector.family].append(detector)
+
+    @property
+    def all(self) -> list[Any]:
+        return [*self.windows, *self.records, *self.labelled]
+
+    @property
+    def needs_embeddings(self) -> bool:
+        return any(getattr(d, "uses_embeddings", False) for d in (*self.records, *self.labelled))
+
+    @property
+    def stateful(self) -> bool:
+        """Whether a restart has records to re-read for some detector's state."""
+        return bool(self.windows or [d for d in self.labelled if getattr(d, "window", 0)])
+
+    def buffer_size(self, batch_size: int) -> int:
+        """Recent records to remember: enough to name every window and rebuild any state."""
+        spans = [int(getattr(d, "window", 0)) for d in (*self.windows, *self.labelled)]
+        return max([0, *spans]) + batch_size
+
+    def records_to_replay(self) -> int:
+        """Recent records a restarted agent must feed again (the most any detector needs)."""
+        return max([0, *(d.records_to_replay() for d in (*self.windows, *self.labelled))])
+
+    def feed_windows(self, features: FeatureBatch) -> list[tuple[Any, int, DriftReport]]:
+        """(detector, records it had seen before this batch, report) per window reported."""
+        out: list[tuple[Any, int, DriftReport]] = []
+        for detector in self.windows:
+            before = detector.records_seen
+            out.extend((detector, before, report) for report in detector.update(features))
+        return out
+
+    def judge(self, features: FeatureBatch, fresh: np.ndarray) -> list[Judgement]:
+        """Verdicts of the record and labelled-data detectors on the fresh rows."""
+        judgements = []
+        fresh_batch = features.take(fresh)
+        for detector in self.records:
+            if fresh.size:
+                judgements.append(Judgement(detector, detector.score(fresh_batch), fresh))
+        for detector in self.labelled:
+            if features.labels is None or len(features) == 0:
+                continue
+            verdict = detector.inspect(features)  # re-read rows too: they rebuild its window
+            judgements.append(Judgement(detector, _take(verdict, fresh), fresh))
+        return judgements
+
+
+def _take(verdict: Verdict, rows: np.ndarray) -> Verdict:
+    def part(value: np.ndarray | None) -> np.ndarray | None:
+        return None if value is None else value[rows]
+
+    return Verdict(detector=verdict.detector, flagged=verdict.flagged[rows],
+                   score=verdict.score[rows], p_value=part(verdict.p_value),
+                   explanation=verdict.explanation, kind=part(verdict.kind),
+                   predicted_class=part(verdict.predicted_class),
+                   confidence=part(verdict.confidence))

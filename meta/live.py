@@ -1,0 +1,461 @@
+"""The alert classifier the live agent serves: a meta-learner adapted to a labelled support set.
+
+The agent does not serve a bare learner. It serves the learner *adapted* to everything it has
+been told: the labelled reference records and every analyst label accepted since. That support
+set is the model's memory; :class:`AlertModel` answers three questions about each record:
+
+* which enrolled class it looks like (``predicted``, ``confidence``);
+* how unlike every labelled record it is (``novelty``), and how surprising that is for the
+  predicted class (``novelty_p``, a conformal p-value: the share of that class's calibration
+  records that are at least as far from their own nearest labelled record), so "new kind of
+  record" has a false-alarm rate a person can set;
+* which labelled records are closest (``nearest``), so an analyst sees why.
+
+Memory-style learners (``memory``, and ``knn``, the non-meta-learned nearest-neighbour
+baseline on the encoded features) classify by the nearest support record in their key space:
+on the NSL-KDD novel-attack stream the meta-learned memory keys beat raw nearest neighbours on
+both attack recall and novel-type naming (docs/BENCHMARKS.md), and a nearest-record rule keeps
+multi-modal attack types whole. Prototype and gradient learners (``protonet``, ``maml``,
+``fomaml``, ``metasgd``) classify with their own adapted head and use the distance to the
+nearest class representative as novelty.
+
+Calibration scores are computed without letting a record vote for itself: leave-one-out for
+memory-style learners (exact and incremental as labels arrive), K-fold cross-fitting for the
+others. Classes with fewer than ``min_class_calibration`` scores use the pooled scores of
+every class, so a class enrolled from five analyst labels is judged on a sample big enough to
+mean something.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+MEMORY_STYLE = ("memory", "knn")
+LIVE_ALGORITHMS = ("memory", "knn", "protonet", "maml", "fomaml", "metasgd")
+_CHUNK = 2048  # rows of the query x support distance matrix computed at once
+
+
+@dataclass(frozen=True)
+class SupportSet:
+    """Labelled records the model is adapted to, with where each came from.
+
+    ``x`` is the encoded model input; ``numeric``/``categorical`` the same records in raw units
+    (explanations speak in them); ``origin`` names each record's provenance, such as
+    ``"reference:812"`` or ``"label:45"``, so an explanation can point at it.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    origin: np.ndarray
+    numeric: np.ndarray
+    categorical: np.ndarray
+
+    def __post_init__(self) -> None:
+        x = np.ascontiguousarray(self.x, dtype=np.float32)
+        n = x.shape[0]
+        y = np.asarray(self.y).astype(str)
+        origin = np.asarray(self.origin).astype(str)
+        numeric = _rows(np.asarray(self.numeric, dtype=np.float64), n)
+        categorical = _rows(np.asarray(self.categorical, dtype=np.int32), n)
+        if x.ndim != 2 or y.shape != (n,) or origin.shape != (n,):
+            raise ValueError(
+                f"a support set needs x [n, d] with one label and one origin per row, got x "
+                f"{x.shape}, y {y.shape}, origin {origin.shape}."
+            )
+        for name, value in (("x", x), ("y", y), ("origin", origin), ("numeric", numeric),
+                            ("categorical", categorical)):
+            object.__setattr__(self, name, value)
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(sorted(set(self.y.tolist())))
+
+    def take(self, index: np.ndarray | Sequence[int]) -> SupportSet:
+        index = np.asarray(index)
+        return SupportSet(self.x[index], self.y[index], self.origin[index],
+                          self.numeric[index], self.categorical[index])
+
+    def extend(self, other: SupportSet) -> SupportSet:
+        """This support set followed by ``other``'s records."""
+        if other.x.shape[1] != self.x.shape[1]:
+            raise ValueError(
+                f"cannot extend a support set of width {self.x.shape[1]} with records of "
+                f"width {other.x.shape[1]}."
+            )
+        return SupportSet(
+            np.concatenate([self.x, other.x]), np.concatenate([self.y, other.y]),
+            np.concatenate([self.origin, other.origin]),
+            np.concatenate([self.numeric, other.numeric]),
+            np.concatenate([self.categorical, other.categorical]),
+        )
+
+    def counts(self) -> dict[str, int]:
+        labels, counts = np.unique(self.y, return_counts=True)
+        return {str(label): int(count) for label, count in zip(labels, counts, strict=True)}
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The model's answer for a batch, one entry per record."""
+
+    predicted: np.ndarray  # object [n]: class name
+    confidence: np.ndarray  # float [n]: probability of the predicted class
+    novelty: np.ndarray  # float [n]: distance to the nearest labelled record / class centre
+    novelty_p: np.ndarray  # float [n]: conformal p-value of novelty for the predicted class
+    nearest: np.ndarray  # int [n]: support index of the nearest labelled record
+    nearest_distance: np.ndarray  # float [n]
+
+
+@dataclass(frozen=True)
+class NoveltyCalibration:
+    """Per-class calibration scores for the open-set p-value."""
+
+    scores: dict[str, np.ndarray]  # sorted, per class
+    pooled: np.ndarray  # sorted, every class together
+    min_class_records: int
+
+    def reference_scores(self, label: str) -> np.ndarray:
+        own = self.scores.get(label)
+        if own is not None and own.size >= self.min_class_records:
+            return own
+        return self.pooled
+
+    def p_values(self, predicted: np.ndarray, novelty: np.ndarray) -> np.ndarray:
+        """``(1 + #{calibration scores >= s}) / (n + 1)`` against the predicted class's scores."""
+        p = np.ones(len(novelty), dtype=np.float64)
+        predicted = np.asarray(predicted).astype(str)
+        for label in np.unique(predicted):
+            rows = predicted == label
+            reference = self.reference_scores(str(label))
+            if reference.size == 0:
+                continue
+            at_least = reference.size - np.searchsorted(reference, novelty[rows], side="left")
+            p[rows] = (1.0 + at_least) / (reference.size + 1.0)
+        return p
+
+    def thresholds(self, alpha: float) -> dict[str, float]:
+        """The novelty above which each class's records are flagged at level ``alpha``."""
+        out: dict[str, float] = {}
+        for label in [*self.scores, "*"]:
+            reference = self.pooled if label == "*" else self.reference_scores(label)
+            if reference.size == 0:
+                continue
+            rank = int(np.ceil((reference.size + 1) * (1.0 - alpha)))
+            out[label] = float(reference[min(rank, reference.size) - 1])
+        return out
+
+
+class AlertModel:
+    """A learner adapted to a support set, with calibrated novelty; what the pipeline serves.
+
+    Parameters
+    ----------
+    algorithm
+        One of :data:`LIVE_ALGORITHMS`; ``knn`` needs no learner.
+    learner
+        The meta-trained learner (``None`` for ``knn``).
+    support
+        The labelled records the model is adapted to.
+    benign_class
+        The class that raises no alert (e.g. ``normal``).
+    min_class_calibration
+        Calibration scores a class needs before it is judged on its own scores; a class with
+        fewer than ``1/alpha - 1`` scores could never reach a p-value of ``alpha`` on them, so
+        keep it at least that (100 for a 1% false-alarm rate).
+    folds
+        Cross-fitting folds for learners without an exact leave-one-out score.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x = np.concatenate([rng.normal(0, 1, (200, 3)), rng.normal(6, 1, (40, 3))])
+    >>> y = np.array(["normal"] * 200 + ["scan"] * 40)
+    >>> support = SupportSet(x, y, [f"reference:{i}" for i in range(240)], x, np.zeros((240, 0)))
+    >>> model = AlertModel.build("knn", None, support, benign_class="normal")
+    >>> out = model.classify(np.array([[0.1, 0.0, -0.2], [6.2, 5.8, 6.1], [30.0, 30.0, 30.0]]))
+    >>> out.predicted.tolist(), [bool(p <= 0.05) for p in out.novelty_p]
+    (['normal', 'scan', 'scan'], [False, False, True])
+    """
+
+    def __init__(self, algorithm: str, learner: Any, support: SupportSet, *, benign_class: str,
+                 keys: np.ndarray, calibration: NoveltyCalibration, adapted: Any = None,
+                 loo_novelty: np.ndarray | None = None, temperature: float = 1.0) -> None:
+        self.algorithm = algorithm
+        self.learner = learner
+        self.support = support
+        self.benign_class = benign_class
+        self.classes: tuple[str, ...] = support.classes
+        self.calibration = calibration
+        self.version = ""
+        self._keys = keys
+        self._adapted = adapted
+        self._loo_novelty = loo_novelty
+        self._temperature = temperature
+        order = np.argsort(self.support.y, kind="stable")
+        labels = self.support.y[order]
+        self._class_order = order
+        self._class_starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
+        self._class_names = labels[self._class_starts]
+
+    # --- construction --------------------------------------------------------------------
+
+    @classmethod
+    def build(cls, algorithm: str, learner: Any, support: SupportSet, *, benign_class: str,
+              min_class_calibration: int = 100, folds: int = 5, seed: int = 0) -> AlertModel:
+        """Adapt ``learner`` to ``support`` and calibrate novelty without self-votes."""
+        _check_algorithm(algorithm, learner)
+        if len(support.classes) < 2:
+            raise ValueError(
+                f"the support set needs at least two classes to classify, got {support.classes}."
+            )
+        if benign_class not in support.classes:
+            raise ValueError(
+                f"the benign class {benign_class!r} has no labelled record in the support set "
+                f"(classes: {', '.join(support.classes)})."
+            )
+        keys = _representation(algorithm, learner, support.x)
+        if algorithm in MEMORY_STYLE:
+            loo = _leave_one_out_distance(keys)
+            calibration = _calibration_from(support.y, loo, min_class_calibration)
+            return cls(algorithm, learner, support, benign_class=benign_class, keys=keys,
+                       calibration=calibration, loo_novelty=loo,
+                       temperature=_temperature(algorithm, learner, loo))
+        adapted = learner.adapt(support.x, support.y)
+        scores = _cross_fitted_novelty(learner, support, folds=folds, seed=seed)
+        calibration = _calibration_from(support.y, scores, min_class_calibration)
+        return cls(algorithm, learner, support, benign_class=benign_class, keys=keys,
+                   calibration=calibration, adapted=adapted)
+
+    def with_records(self, extra: SupportSet, *, min_class_calibration: int | None = None,
+                     folds: int = 5, seed: int = 0) -> AlertModel:
+        """A new model whose support also holds ``extra`` (this model is left unchanged).
+
+        Memory-style learners update their leave-one-out scores incrementally (only the new
+        records and the old records whose nearest neighbour is now a new one change), so
+        enrolling a few labels costs a few distance rows, not a full rebuild.
+        """
+        minimum = min_class_calibration or self.calibration.min_class_records
+        support = self.support.extend(extra)
+        if self.algorithm not in MEMORY_STYLE or self._loo_novelty is None:
+            return AlertModel.build(self.algorithm, self.learner, support,
+                                    benign_class=self.benign_class,
+                                    min_class_calibration=minimum, folds=folds, seed=seed)
+        new_keys = _representation(self.algorithm, self.learner, extra.x)
+        keys = np.concatenate([self._keys, new_keys])
+        old_to_new = _distances(self._keys, new_keys)
+        loo_old = np.minimum(self._loo_novelty, old_to_new.min(axis=1)) if len(extra) else (
+            self._loo_novelty)
+        new_rows = _distances(new_keys, keys)
+        new_rows[np.arange(len(extra)), len(self._keys) + np.arange(len(extra))] = np.inf
+        loo = np.concatenate([loo_old, new_rows.min(axis=1)])
+        calibration = _calibration_from(support.y, loo, minimum)
+        return AlertModel(self.algorithm, self.learner, support, benign_class=self.benign_class,
+                          keys=keys, calibration=calibration, loo_novelty=loo,
+                          temperature=self._temperature)
+
+    # --- serving -------------------------------------------------------------------------
+
+    def embed(self, x: np.ndarray) -> np.ndarray:
+        """The representation neighbours are searched in (shared with other detectors)."""
+        return _representation(self.algorithm, self.learner, x, adapted=self._adapted)
+
+    def classify(self, x: np.ndarray, embeddings: np.ndarray | None = None, *,
+                 exclude: np.ndarray | None = None) -> Classification:
+        """Predicted class, confidence and calibrated novelty of every row of ``x``.
+
+        ``embeddings`` (from :meth:`embed`) saves recomputing them; ``exclude`` names, per row,
+        one support record to ignore (``-1`` for none), for leave-one-out checks of records
+        that are themselves in the support set.
+        """
+        keys = self.embed(x) if embeddings is None else np.asarray(embeddings, np.float32)
+        n = keys.shape[0]
+        nearest = np.zeros(n, dtype=np.int64)
+        nearest_distance = np.zeros(n, dtype=np.float64)
+        per_class = np.zeros((n, len(self._class_names)), dtype=np.float64)
+        for start in range(0, n, _CHUNK):
+            rows = slice(start, start + _CHUNK)
+            distance = _distances(keys[rows], self._keys)
+            if exclude is not None:
+                own = np.asarray(exclude[rows])
+                hit = own >= 0
+                distance[np.flatnonzero(hit), own[hit]] = np.inf
+            nearest[rows] = distance.argmin(axis=1)
+            nearest_distance[rows] = distance[np.arange(distance.shape[0]), nearest[rows]]
+            per_class[rows] = np.minimum.reduceat(distance[:, self._class_order],
+                                                  self._class_starts, axis=1)
+        if self.algorithm in MEMORY_STYLE:
+            predicted = self.support.y[nearest].astype(object)
+            novelty = nearest_distance
+            # The memory learner's read is a softmax over squared distances with its learned
+            # temperature; the knn baseline uses plain distances over a typical neighbour gap.
+            gap = per_class**2 if self.algorithm == "memory" else per_class
+            logits = -gap / self._temperature
+            logits -= logits.max(axis=1, keepdims=True)
+            weights = np.exp(logits)
+            confidence = weights.max(axis=1) / weights.sum(axis=1)
+        else:
+            proba = self._adapted.predict_proba(x)
+            classes = np.asarray(self._adapted.classes, dtype=object)
+            predicted = classes[proba.argmax(axis=1)]
+            confidence = proba.max(axis=1)
+            novelty = np.sqrt(np.maximum(self._adapted.unknown_score(x), 0.0))
+        novelty_p = self.calibration.p_values(predicted, novelty)
+        return Classification(predicted=predicted, confidence=confidence, novelty=novelty,
+                              novelty_p=novelty_p, nearest=nearest,
+                              nearest_distance=nearest_distance)
+
+    def neighbours(self, embeddings: np.ndarray, k: int, *,
+                   exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Support indices ``[n, k]`` of the ``k`` nearest labelled records, and distances."""
+        keys = np.asarray(embeddings, np.float32)
+        k = max(1, min(k, len(self.support)))
+        index = np.zeros((keys.shape[0], k), dtype=np.int64)
+        distance_out = np.zeros((keys.shape[0], k), dtype=np.float64)
+        for start in range(0, keys.shape[0], _CHUNK):
+            rows = slice(start, start + _CHUNK)
+            distance = _distances(keys[rows], self._keys)
+            if exclude is not None:
+                own = np.asarray(exclude[rows])
+                hit = own >= 0
+                distance[np.flatnonzero(hit), own[hit]] = np.inf
+            part = np.argpartition(distance, k - 1, axis=1)[:, :k]
+            chosen = np.take_along_axis(distance, part, axis=1)
+            order = np.argsort(chosen, axis=1, kind="stable")
+            index[rows] = np.take_along_axis(part, order, axis=1)
+            distance_out[rows] = np.take_along_axis(chosen, order, axis=1)
+        return index, distance_out
+
+    @property
+    def support_keys(self) -> np.ndarray:
+        return self._keys
+
+    def describe(self) -> dict[str, Any]:
+        """What the registry and ``models show`` report about this model."""
+        return {
+            "algorithm": self.algorithm,
+            "benign_class": self.benign_class,
+            "classes": list(self.classes),
+            "support_records": len(self.support),
+            "support_by_class": self.support.counts(),
+            "calibration_records": int(self.calibration.pooled.size),
+        }
+
+
+def support_digest(support: SupportSet) -> str:
+    """sha256 of a support set's labels and provenance (what identifies it exactly).
+
+    Feature values are computed (by the encoder, in floating point) and may differ in the last
+    bit between machines, so they are left out; the records they come from are named by
+    ``origin``, whose content the caller hashes separately.
+    """
+    digest = hashlib.sha256()
+    for label, origin in zip(support.y.tolist(), support.origin.tolist(), strict=True):
+        digest.update(f"{origin}\t{label}\n".encode())
+    return digest.hexdigest()
+
+
+def version_digest(parts: dict[str, Any]) -> str:
+    """sha256 of a version's defining inputs, as canonical JSON."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, separators=(",", ":")).encode()
+                          ).hexdigest()
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def _rows(array: np.ndarray, n: int) -> np.ndarray:
+    """``array`` as ``n`` rows (a 2-D array is kept as it is, even with no rows)."""
+    return array if array.ndim == 2 else array.reshape(n, -1)
+
+
+def _check_algorithm(algorithm: str, learner: Any) -> None:
+    if algorithm not in LIVE_ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {list(LIVE_ALGORITHMS)}, got {algorithm!r}.")
+    if algorithm == "knn" and learner is not None:
+        raise ValueError("the knn model uses the encoded features directly; pass learner=None.")
+    if algorithm != "knn" and learner is None:
+        raise ValueError(f"the {algorithm} model needs its meta-trained learner.")
+    if learner is not None and getattr(learner, "algorithm", algorithm) != algorithm:
+        raise ValueError(
+            f"the learner is a {learner.algorithm} learner, not {algorithm}; load the model "
+            "that was trained for this algorithm."
+        )
+
+
+def _representation(algorithm: str, learner: Any, x: np.ndarray, *, adapted: Any = None
+                    ) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    if algorithm == "knn":
+        return np.ascontiguousarray(x)
+    if algorithm == "memory":
+        return np.asarray(learner.project(x), dtype=np.float32)
+    return np.asarray(learner.embed(x), dtype=np.float32)
+
+
+def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Euclidean distances ``[len(a), len(b)]``, in float64 from float32 products."""
+    a = np.asarray(a, np.float32)
+    b = np.asarray(b, np.float32)
+    squared = ((a * a).sum(axis=1)[:, None] - 2.0 * (a @ b.T) + (b * b).sum(axis=1)[None, :])
+    return np.sqrt(np.maximum(squared.astype(np.float64), 0.0))
+
+
+def _leave_one_out_distance(keys: np.ndarray) -> np.ndarray:
+    out = np.empty(keys.shape[0], dtype=np.float64)
+    for start in range(0, keys.shape[0], _CHUNK):
+        stop = min(start + _CHUNK, keys.shape[0])
+        distance = _distances(keys[start:stop], keys)
+        distance[np.arange(stop - start), np.arange(start, stop)] = np.inf
+        out[start:stop] = distance.min(axis=1)
+    return out
+
+
+def _calibration_from(labels: np.ndarray, scores: np.ndarray, minimum: int
+                      ) -> NoveltyCalibration:
+    finite = np.isfinite(scores)
+    per_class = {
+        str(label): np.sort(scores[(labels == label) & finite])
+        for label in np.unique(labels)
+    }
+    return NoveltyCalibration(scores=per_class, pooled=np.sort(scores[finite]),
+                              min_class_records=minimum)
+
+
+def _temperature(algorithm: str, learner: Any, loo: np.ndarray) -> float:
+    """Softmax temperature of the confidence: the memory's learned one, else a typical gap."""
+    if algorithm == "memory":
+        return float(max(learner.temperature, 1e-12))
+    finite = loo[np.isfinite(loo) & (loo > 0)]
+    return float(np.median(finite)) if finite.size else 1.0
+
+
+def _cross_fitted_novelty(learner: Any, support: SupportSet, *, folds: int, seed: int
+                          ) -> np.ndarray:
+    """Each record's novelty under a model adapted without its fold (NaN where impossible)."""
+    scores = np.full(len(support), np.nan)
+    rng = np.random.default_rng(seed)
+    assignment = np.empty(len(support), dtype=np.int64)
+    for label in np.unique(support.y):
+        rows = np.flatnonzero(support.y == label)
+        assignment[rows] = rng.permutation(len(rows)) % folds
+    for fold in range(folds):
+        held = assignment == fold
+        kept = ~held
+        if len(np.unique(support.y[kept])) < 2 or not held.any():
+            continue
+        adapted = learner.adapt(support.x[kept], support.y[kept])
+        unknown = np.asarray(adapted.unknown_score(support.x[held]), dtype=np.float64)
+        scores[held] = np.sqrt(np.maximum(unknown, 0.0))
+    return scores

@@ -1,0 +1,130 @@
+"""The live model end to end, on real NSL-KDD records through the real pipeline and store.
+
+A KDDTest+-only attack type (apache2, never in the reference) mixed into benign traffic is
+flagged ``novel``; an analyst labels five of the incident's records; the agent adapts, checks
+the candidate and serves it; later records of that type are named — and benign traffic is
+judged as before. A burst is one incident; a restart keeps the version; the version's
+inputs are checked before it serves.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from agent.config import load_config
+from agent.service import Agent
+from tests.integration.live_stream import (
+    interleave,
+    of_class,
+    replay,
+    sample_lines,
+    served_answers,
+    write_stream,
+)
+
+NEW_TYPE = "apache2"
+
+
+@pytest.fixture(scope="module")
+def streams() -> dict[str, list[str]]:
+    lines = sample_lines()
+    benign = of_class(lines, "normal")
+    new = of_class(lines, NEW_TYPE)
+    assert len(benign) >= 4000 and len(new) >= 200, "the bundled sample changed"
+    return {
+        "part1": interleave(benign[:2000], new[:60], seed=1),
+        "part2_benign": benign[2000:4000],
+        "part2_new": new[60:],
+        "part2": interleave(benign[2000:4000], new[60:], seed=2),
+    }
+
+
+def _label_five_of_the_novel_incident(agent: Agent) -> tuple[int, list[str]]:
+    """What the README asks of a new user: five records of the novel incident, by truth."""
+    novel = agent.store.list_incidents(kind="novel", limit=100)
+    assert novel, "the new attack type raised no novel incident"
+    incident = max(novel, key=lambda i: i.record_count)
+    examples = agent.store.incident_records(incident.id)
+    chosen = [r.offset_key for r in examples if r.fields["label"] == NEW_TYPE][:5]
+    assert len(chosen) == 5, Counter(r.fields["label"] for r in examples)
+    agent.store.apply_label(incident.id, NEW_TYPE, actor="ana", records=chosen)
+    return incident.id, chosen
+
+
+def test_a_new_type_is_flagged_then_named_after_five_labels(
+        write_config: Callable[..., Path], tmp_path: Path,
+        streams: dict[str, list[str]]) -> None:
+    config = load_config(write_config(live_model=True,
+                                      **{"incidents.examples_per_incident": 20}),
+                         need_token=False)
+    agent = Agent(config)
+    try:
+        agent.prepare()
+        assert agent.runtime is not None and agent.adapter is not None
+        first_version = agent.runtime.version
+        replay(agent, config, write_stream(tmp_path / "part1.csv", streams["part1"]), "part1")
+        _, new_alarm = served_answers(agent, streams["part2_new"])
+        assert new_alarm.mean() >= 0.9, "the unseen type is not flagged"
+        _, benign_before = served_answers(agent, streams["part2_benign"])
+
+        _label_five_of_the_novel_incident(agent)
+        outcome = agent.adapter.run("labels: test")
+        assert outcome.status == "activated", outcome
+        assert len(outcome.labels_used) == 5 and not outcome.labels_held
+        assert agent.runtime.version is not None and first_version is not None
+        assert agent.runtime.version.version != first_version.version
+        assert agent.runtime.version.parent == first_version.version
+        assert NEW_TYPE in (agent.runtime.version.classes or [])
+
+        predicted, _ = served_answers(agent, streams["part2_new"])
+        recall = (predicted == NEW_TYPE).mean()
+        _, benign_after = served_answers(agent, streams["part2_benign"])
+        assert recall >= 0.8, f"recall of {NEW_TYPE} after five labels: {recall:.2f}"
+        assert benign_after.mean() - benign_before.mean() <= 0.01
+
+        replay(agent, config, write_stream(tmp_path / "part2.csv", streams["part2"]), "part2")
+        named = agent.store.list_incidents(kind="attack", source="part2", limit=100)
+        named_new = [i for i in named if i.predicted_class == NEW_TYPE]
+        assert len(named_new) == 1, "a burst of one type must be one incident"
+        assert named_new[0].record_count >= 0.8 * len(streams["part2_new"])
+        assert named_new[0].model_version == agent.runtime.version.version
+        assert named_new[0].explanation["first_record"]["nearest"]
+    finally:
+        agent.close()
+
+    restarted = Agent(config)
+    try:
+        restarted.prepare()
+        assert restarted.runtime is not None and restarted.runtime.version is not None
+        assert restarted.runtime.version.version == outcome.version
+        predicted, _ = served_answers(restarted, streams["part2_new"])
+        assert (predicted == NEW_TYPE).mean() >= 0.8
+    finally:
+        restarted.close()
+
+
+def test_a_burst_of_one_attack_is_one_incident_with_a_count(
+        write_config: Callable[..., Path], tmp_path: Path) -> None:
+    burst = of_class(sample_lines(), "neptune")[:2000]
+    config = load_config(write_config(live_model=True), need_token=False)
+    agent = Agent(config)
+    try:
+        agent.prepare()
+        replay(agent, config, write_stream(tmp_path / "burst.csv", burst), "burst")
+        attacks = agent.store.list_incidents(kind="attack", source="burst", limit=100)
+        by_class = Counter(i.predicted_class for i in attacks)
+        assert by_class["neptune"] == 1
+        neptune = next(i for i in attacks if i.predicted_class == "neptune")
+        assert neptune.record_count >= 0.8 * len(burst)
+        assert len(agent.store.incident_records(neptune.id)) == \
+            config.incidents.examples_per_incident
+        flagged = sum(i.record_count for i in agent.store.list_incidents(source="burst",
+                                                                         limit=1000)
+                      if i.kind in ("attack", "novel"))
+        assert flagged <= len(burst)
+    finally:
+        agent.close()

@@ -1,0 +1,110 @@
+"""The served model: classification, calibrated novelty, incremental enrolment, LOO checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from meta.live import AlertModel, SupportSet, support_digest, version_digest
+
+
+def _support(rng: np.random.Generator, n_normal: int = 400, n_scan: int = 150) -> SupportSet:
+    x = np.concatenate([rng.normal(0.0, 1.0, (n_normal, 4)), rng.normal(8.0, 1.0, (n_scan, 4))])
+    y = np.array(["normal"] * n_normal + ["scan"] * n_scan)
+    return SupportSet(x=x, y=y, origin=[f"reference:{i}" for i in range(len(y))], numeric=x,
+                      categorical=np.zeros((len(y), 0)))
+
+
+def test_novelty_p_values_are_calibrated_on_exchangeable_records() -> None:
+    rng = np.random.default_rng(0)
+    model = AlertModel.build("knn", None, _support(rng), benign_class="normal")
+    fresh = _support(rng, 4000, 800)
+    out = model.classify(fresh.x)
+    assert (out.predicted.astype(str) == fresh.y).mean() > 0.99
+    flagged = (out.novelty_p <= 0.05).mean()
+    assert 0.02 < flagged < 0.08  # conformal: about alpha on records like the support
+
+
+def test_far_records_are_novel_and_named_after_enrolment() -> None:
+    rng = np.random.default_rng(1)
+    model = AlertModel.build("knn", None, _support(rng), benign_class="normal")
+    new_kind = rng.normal([0.0, 20.0, 0.0, 20.0], 0.5, (50, 4))
+    assert (model.classify(new_kind).novelty_p <= 0.01).all()
+    labels = SupportSet(x=new_kind[:5], y=["tunnel"] * 5, origin=[f"label:{i}" for i in range(5)],
+                        numeric=new_kind[:5], categorical=np.zeros((5, 0)))
+    adapted = model.with_records(labels)
+    assert "tunnel" in adapted.classes and "tunnel" not in model.classes
+    later = adapted.classify(new_kind[5:])
+    assert (later.predicted.astype(str) == "tunnel").all()
+
+
+def test_incremental_enrolment_matches_a_full_rebuild() -> None:
+    rng = np.random.default_rng(2)
+    support = _support(rng)
+    extra = _support(rng, 10, 10)
+    extra = SupportSet(x=extra.x, y=extra.y, origin=[f"label:{i}" for i in range(20)],
+                       numeric=extra.x, categorical=np.zeros((20, 0)))
+    incremental = AlertModel.build("knn", None, support, benign_class="normal").with_records(extra)
+    rebuilt = AlertModel.build("knn", None, support.extend(extra), benign_class="normal")
+    probe = rng.normal(4.0, 4.0, (300, 4))
+    a, b = incremental.classify(probe), rebuilt.classify(probe)
+    assert np.array_equal(a.predicted, b.predicted)
+    assert np.allclose(a.novelty_p, b.novelty_p)
+
+
+def test_leave_one_out_classification_ignores_the_record_itself() -> None:
+    rng = np.random.default_rng(3)
+    support = _support(rng)
+    lonely = SupportSet(x=[[0.0, 0.0, 0.0, 0.1]], y=["mislabel"], origin=["label:1"],
+                        numeric=[[0.0, 0.0, 0.0, 0.1]], categorical=np.zeros((1, 0)))
+    model = AlertModel.build("knn", None, support.extend(lonely), benign_class="normal")
+    row = np.array([len(support)])
+    assert model.classify(model.support.x[row]).predicted[0] == "mislabel"
+    assert model.classify(model.support.x[row], exclude=row).predicted[0] == "normal"
+
+
+def test_build_refuses_bad_inputs_in_one_sentence() -> None:
+    rng = np.random.default_rng(4)
+    support = _support(rng)
+    with pytest.raises(ValueError, match="benign class"):
+        AlertModel.build("knn", None, support, benign_class="benign")
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        AlertModel.build("svm", None, support, benign_class="normal")
+    with pytest.raises(ValueError, match="needs its meta-trained learner"):
+        AlertModel.build("memory", None, support, benign_class="normal")
+    with pytest.raises(ValueError, match="two classes"):
+        AlertModel.build("knn", None, support.take(np.arange(10)), benign_class="normal")
+
+
+def test_digests_name_the_inputs_not_the_floats() -> None:
+    rng = np.random.default_rng(5)
+    support = _support(rng)
+    nudged = SupportSet(x=support.x + 1e-7, y=support.y, origin=support.origin,
+                        numeric=support.numeric, categorical=support.categorical)
+    assert support_digest(support) == support_digest(nudged)
+    relabelled = SupportSet(x=support.x, y=np.where(support.y == "scan", "probe", support.y),
+                            origin=support.origin, numeric=support.numeric,
+                            categorical=support.categorical)
+    assert support_digest(support) != support_digest(relabelled)
+    assert version_digest({"a": 1, "b": [1, 2]}) == version_digest({"b": [1, 2], "a": 1})
+
+
+@pytest.mark.slow
+def test_meta_learned_memory_and_protonet_models_serve_and_enrol() -> None:
+    from meta.encoders import EncoderSpec
+    from meta.learners import build_learner
+
+    rng = np.random.default_rng(6)
+    support = _support(rng, 200, 60)
+    for algorithm in ("memory", "protonet", "fomaml"):
+        learner = build_learner(algorithm, EncoderSpec(kind="mlp", input_shape=(4,),
+                                                       hidden=(16,), embedding_dim=8),
+                                device="cpu")
+        model = AlertModel.build(algorithm, learner, support, benign_class="normal", folds=3)
+        out = model.classify(support.x[:10])
+        assert out.predicted.shape == (10,) and np.isfinite(out.novelty).all()
+        assert model.embed(support.x[:3]).shape[0] == 3
+        labels = SupportSet(x=rng.normal(15.0, 0.5, (5, 4)), y=["tunnel"] * 5,
+                            origin=[f"label:{i}" for i in range(5)],
+                            numeric=np.zeros((5, 4)), categorical=np.zeros((5, 0)))
+        assert "tunnel" in model.with_records(labels).classes
