@@ -29,6 +29,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.throughput
 	nice -n 10 $(BIN)/python -m bench.fewshot
+	nice -n 10 $(BIN)/python -m bench.adaptation
 
 lint: $(STAMP)
 	$(BIN)/ruff check agent adapters detectors meta storage bench tests

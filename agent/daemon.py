@@ -32,6 +32,7 @@ from prometheus_client import start_http_server
 from agent.api import create_app
 from agent.config import AgentConfig
 from agent.health import HealthMonitor
+from agent.native_logs import capture_native_stderr
 from agent.scheduler import build_scheduler
 from agent.service import Agent, tune_garbage_collector
 
@@ -90,6 +91,8 @@ def run_service(config: AgentConfig) -> int:
         for line in errors:
             log.error(line)
         return 2
+    if config.logging.json_format:
+        capture_native_stderr()  # TensorFlow's C++ logs would break the one-JSON-per-line stream
     agent = Agent(config)
     agent.prepare()
     agent.attach_configured_sources()

@@ -142,8 +142,8 @@ class RecordIncidents:
         # A novel record belongs to no known class; the nearest one only tells where it sits.
         named = group.predicted if group.kind != "novel" else None
         if group.kind == "novel":
-            what = "novel: a kind of record nobody has labelled" + (
-                f" (nearest known class: {group.predicted})" if group.predicted else "")
+            what = "novel kind of record" + (
+                f", nearest known class {group.predicted}" if group.predicted else "")
         else:
             what = f"{group.kind}: {group.predicted}" if group.predicted else group.kind
         explanation: dict[str, Any] = {

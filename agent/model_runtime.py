@@ -62,6 +62,7 @@ class ModelRuntime:
         self.split: ReferenceSplit = split_reference(reference, canary_fraction=cfg.canary_fraction,
                                                      seed=cfg.seed)
         self._learners: dict[str, Any] = {}
+        self._reference_models: dict[tuple[str, str], AlertModel] = {}
         self._model: AlertModel | None = None
         self._version: ModelVersion | None = None
         self._canary: CanaryReport | None = None
@@ -168,15 +169,22 @@ class ModelRuntime:
                 f"model version {version.version} does not match its recorded sha256 "
                 f"({version.sha256[:12]}…, rebuilt {digest[:12]}…): its labels, the reference "
                 "file or the benign class changed since it was registered; refusing to serve it.")
-        support = self.split.support.extend(label_support(records, self.encoder))
-        return self._build(version.algorithm, learner, support)
+        # The same path the adapting process took: the reference model, then the labels
+        # enrolled into it, so every replica serves the same model.
+        base = self._reference_model(version.algorithm, base_sha, learner)
+        return self.build_with(base, records) if records else base
 
     def build_with(self, parent: AlertModel, records: list[Any]) -> AlertModel:
         """``parent`` with more labelled records enrolled (fast for memory-style learners)."""
-        cfg = self.config.model
         return parent.with_records(label_support(records, self.encoder),
-                                   min_class_calibration=cfg.min_class_calibration,
-                                   seed=cfg.seed)
+                                   min_class_calibration=self.config.model.min_class_calibration)
+
+    def _reference_model(self, algorithm: str, base_sha: str, learner: Any) -> AlertModel:
+        """The model adapted to the labelled reference alone (built once per base weights)."""
+        key = (algorithm, base_sha)
+        if key not in self._reference_models:
+            self._reference_models[key] = self._build(algorithm, learner, self.split.support)
+        return self._reference_models[key]
 
     def digest(self, algorithm: str, base_sha256: str, records: list[Any]) -> str:
         """The sha256 a version with these inputs is registered under."""
@@ -206,7 +214,7 @@ class ModelRuntime:
         cfg = self.config.model
         started = time.perf_counter()
         learner, base_sha, trigger = self._first_learner()
-        model = self._build(cfg.learner, learner, self.split.support)
+        model = self._reference_model(cfg.learner, base_sha, learner)
         canary = self.evaluate(model)
         version = self.store.add_model_version(
             version=self.store.next_model_version(), algorithm=cfg.learner,

@@ -168,16 +168,22 @@ def _neighbour_contradictions(candidates: Sequence[Candidate], model: AlertModel
         majority = in_keys.majority[i]
         if majority is None or majority == c.label or in_raw.majority[i] != majority:
             continue
-        if in_keys.disagreement[i] <= 0.5 or in_raw.disagreement[i] <= 0.5:
-            continue
+        if in_keys.majority_share[i] <= 0.5 or in_raw.majority_share[i] <= 0.5:
+            continue  # no single other class dominates the neighbourhood
         inside = radius.get(str(majority), radius["*"])
-        if in_keys.nearest_distance[i] > inside:
+        # Inside means close to the class's established records (the support set), not to
+        # another actor's pending label, which the feedback rule weighs instead.
+        members = [j for j in in_keys.index[i] if j < n_support and memory_y[j] == majority]
+        if not members:
             continue
+        closest = float(np.sqrt(((memory_keys[members] - keys[i]) ** 2).sum(axis=1).min()))
+        if closest > inside:
+            continue  # the majority class is around, but the record is not inside it
         share = in_keys.majority_share[i]
         reasons[c.label_id] = (
             f"neighbours: {share:.0%} of the {k} nearest labelled records are "
             f"{majority!r} (raw features agree), and the record sits inside that class "
-            f"(nearest at {in_keys.nearest_distance[i]:.3g} <= {inside:.3g})")
+            f"(nearest at {closest:.3g} <= {inside:.3g})")
     return reasons
 
 
@@ -231,11 +237,15 @@ def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _class_radii(model: AlertModel) -> dict[str, float]:
-    """How close a record must be to a class to count as well inside it, per class."""
-    calibration = model.calibration
-    radii = {label: float(np.quantile(scores, _INSIDE_QUANTILE))
-             for label, scores in calibration.scores.items()
-             if scores.size >= calibration.min_class_records}
-    pooled = calibration.pooled
-    radii["*"] = float(np.quantile(pooled, _INSIDE_QUANTILE)) if pooled.size else 0.0
+    """How close a record must be to a class to count as well inside it, per class.
+
+    Measured like the neighbour distances it is compared with: each support record's distance
+    to its nearest other support record, in the model's representation.
+    """
+    spacing = model.neighbour_spacing
+    labels = model.support.y
+    minimum = model.calibration.min_class_records
+    radii = {str(label): float(np.quantile(spacing[labels == label], _INSIDE_QUANTILE))
+             for label in np.unique(labels) if (labels == label).sum() >= minimum}
+    radii["*"] = float(np.quantile(spacing, _INSIDE_QUANTILE)) if spacing.size else 0.0
     return radii

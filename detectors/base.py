@@ -322,9 +322,14 @@ class Verdict:
 class FeatureResult(Protocol):
     """One feature's share of a window test, as a drift report lists it."""
 
-    name: str
-    rejected: bool
-    p_value: float
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def rejected(self) -> bool: ...
+
+    @property
+    def p_value(self) -> float: ...
 
     def describe_movement(self) -> str: ...
 

@@ -148,7 +148,8 @@ def yield_checks(detector_class: type[Any], *, model_factory: ModelFactory | Non
     """
     family = getattr(detector_class, "family", "window")
     factory = model_factory or _default_model_factory
-    common = [check_params_are_stored, check_bad_params_rejected]
+    common: list[Callable[..., None]] = [check_params_are_stored, check_bad_params_rejected]
+    checks: list[Callable[..., None]]
     if family == "window":
         checks = [
             *common, check_not_fitted, check_schema_mismatch_rejected,

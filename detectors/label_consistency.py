@@ -80,7 +80,8 @@ def neighbour_votes(query: np.ndarray, labels: np.ndarray, memory: np.ndarray,
     neighbour_labels = memory_labels[index]
     if visible is not None:
         seen = np.take_along_axis(visible, index, axis=1)
-        neighbour_labels = np.where(seen, neighbour_labels, None)
+        neighbour_labels = neighbour_labels.copy()
+        neighbour_labels[~seen] = None
     else:
         seen = np.ones_like(index, dtype=bool)
     counted = np.maximum(seen.sum(axis=1), 1)

@@ -202,12 +202,19 @@ class AlertModel:
         self._keys = keys
         self._adapted = adapted
         self._loo_novelty = loo_novelty
+        self._spacing: np.ndarray | None = None
         self._temperature = temperature
+        # Keys grouped by class, so the nearest record of every class is one reduceat over
+        # contiguous columns (no gathered copy of the distance matrix per batch).
         order = np.argsort(self.support.y, kind="stable")
         labels = self.support.y[order]
         self._class_order = order
+        self._class_position = np.empty_like(order)
+        self._class_position[order] = np.arange(order.size)
+        self._grouped_keys = np.ascontiguousarray(keys[order])
         self._class_starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
         self._class_names = labels[self._class_starts]
+        self.evaluations: dict[str, Any] = {}  # canary figures, cached by the caller
 
     # --- construction --------------------------------------------------------------------
 
@@ -238,20 +245,31 @@ class AlertModel:
         return cls(algorithm, learner, support, benign_class=benign_class, keys=keys,
                    calibration=calibration, adapted=adapted)
 
-    def with_records(self, extra: SupportSet, *, min_class_calibration: int | None = None,
-                     folds: int = 5, seed: int = 0) -> AlertModel:
+    def with_records(self, extra: SupportSet, *, min_class_calibration: int | None = None
+                     ) -> AlertModel:
         """A new model whose support also holds ``extra`` (this model is left unchanged).
 
         Memory-style learners update their leave-one-out scores incrementally (only the new
         records and the old records whose nearest neighbour is now a new one change), so
-        enrolling a few labels costs a few distance rows, not a full rebuild.
+        enrolling a few labels costs a few distance rows, not a full rebuild. The others adapt
+        once on the new support and keep the calibration they were built with.
         """
         minimum = min_class_calibration or self.calibration.min_class_records
         support = self.support.extend(extra)
         if self.algorithm not in MEMORY_STYLE or self._loo_novelty is None:
-            return AlertModel.build(self.algorithm, self.learner, support,
-                                    benign_class=self.benign_class,
-                                    min_class_calibration=minimum, folds=folds, seed=seed)
+            # Prototype and gradient learners adapt again on the whole support set; the
+            # calibration scores, cross-fitted on the reference when the first version was
+            # built, are kept: a few labels cannot estimate a class's spread anyway, so a
+            # class enrolled from labels is judged on the pooled scores.
+            adapted = self.learner.adapt(support.x, support.y)
+            keys = _representation(self.algorithm, self.learner, support.x)
+            calibration = NoveltyCalibration(scores=self.calibration.scores,
+                                             pooled=self.calibration.pooled,
+                                             min_class_records=minimum)
+            return AlertModel(self.algorithm, self.learner, support,
+                              benign_class=self.benign_class, keys=keys,
+                              calibration=calibration, adapted=adapted,
+                              temperature=self._temperature)
         new_keys = _representation(self.algorithm, self.learner, extra.x)
         keys = np.concatenate([self._keys, new_keys])
         old_to_new = _distances(self._keys, new_keys)
@@ -286,15 +304,17 @@ class AlertModel:
         per_class = np.zeros((n, len(self._class_names)), dtype=np.float64)
         for start in range(0, n, _CHUNK):
             rows = slice(start, start + _CHUNK)
-            distance = _distances(keys[rows], self._keys)
+            distance = _squared_distances(keys[rows], self._grouped_keys)
             if exclude is not None:
                 own = np.asarray(exclude[rows])
                 hit = own >= 0
-                distance[np.flatnonzero(hit), own[hit]] = np.inf
-            nearest[rows] = distance.argmin(axis=1)
-            nearest_distance[rows] = distance[np.arange(distance.shape[0]), nearest[rows]]
-            per_class[rows] = np.minimum.reduceat(distance[:, self._class_order],
-                                                  self._class_starts, axis=1)
+                distance[np.flatnonzero(hit), self._class_position[own[hit]]] = np.inf
+            grouped = distance.argmin(axis=1)
+            nearest[rows] = self._class_order[grouped]
+            nearest_distance[rows] = distance[np.arange(distance.shape[0]), grouped]
+            per_class[rows] = np.minimum.reduceat(distance, self._class_starts, axis=1)
+        nearest_distance = np.sqrt(nearest_distance)
+        per_class = np.sqrt(per_class)
         if self.algorithm in MEMORY_STYLE:
             predicted = self.support.y[nearest].astype(object)
             novelty = nearest_distance
@@ -340,6 +360,15 @@ class AlertModel:
     @property
     def support_keys(self) -> np.ndarray:
         return self._keys
+
+    @property
+    def neighbour_spacing(self) -> np.ndarray:
+        """Each support record's distance to its nearest other one, in the key space."""
+        if self._loo_novelty is not None:  # memory-style: the calibration scores already are
+            return self._loo_novelty
+        if self._spacing is None:
+            self._spacing = _leave_one_out_distance(self._keys)
+        return self._spacing
 
     def describe(self) -> dict[str, Any]:
         """What the registry and ``models show`` report about this model."""
@@ -404,12 +433,20 @@ def _representation(algorithm: str, learner: Any, x: np.ndarray, *, adapted: Any
     return np.asarray(learner.embed(x), dtype=np.float32)
 
 
-def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Euclidean distances ``[len(a), len(b)]``, in float64 from float32 products."""
+def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances ``[len(a), len(b)]`` (float32, clipped at 0)."""
     a = np.asarray(a, np.float32)
     b = np.asarray(b, np.float32)
-    squared = ((a * a).sum(axis=1)[:, None] - 2.0 * (a @ b.T) + (b * b).sum(axis=1)[None, :])
-    return np.sqrt(np.maximum(squared.astype(np.float64), 0.0))
+    squared = a @ b.T
+    squared *= -2.0
+    squared += (a * a).sum(axis=1)[:, None]
+    squared += (b * b).sum(axis=1)[None, :]
+    return np.maximum(squared, 0.0, out=squared)
+
+
+def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Euclidean distances ``[len(a), len(b)]``."""
+    return np.sqrt(_squared_distances(a, b)).astype(np.float64)
 
 
 def _leave_one_out_distance(keys: np.ndarray) -> np.ndarray:

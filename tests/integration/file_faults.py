@@ -3,7 +3,7 @@
 Each scenario writes uniquely numbered lines, plays the agent (fetch, commit by acknowledging
 and keeping the position, stop, restart from the committed position) through the public
 source API, and reports lines written, processed, quarantined, lost and duplicated, and what
-the source counted as skipped. The numbers in docs/RELIABILITY.files.md come from it::
+the source counted as skipped. The numbers in docs/RELIABILITY.md come from it::
 
     python tests/integration/file_faults.py [--repeat N] [scenario ...]
 

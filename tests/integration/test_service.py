@@ -59,7 +59,7 @@ def _wait_http(url: str, timeout_s: float = 60) -> httpx.Response:
 def running_agent(write_config: Callable[..., Path], tmp_path: Path
                   ) -> Iterator[tuple[subprocess.Popen[bytes], str, str, Path]]:
     metrics_port, api_port = _free_port(), _free_port()
-    config_path = write_config(**{
+    config_path = write_config(live_model=True, **{
         "metrics.enabled": True, "metrics.listen": f"127.0.0.1:{metrics_port}",
         "api.enabled": True, "api.listen": f"127.0.0.1:{api_port}",
         "scheduler.drift_test_interval_s": 1, "logging.json": True,
@@ -104,6 +104,10 @@ def test_service_end_to_end(running_agent: tuple[subprocess.Popen[bytes], str, s
     last_commit = float(text.split("\nmetasentry_last_commit_timestamp_seconds ")[1].split()[0])
     assert time.time() - last_commit < 300
 
+    attacks = httpx.get(f"{api}/v1/incidents", params={"kind": "attack"}).json()["incidents"]
+    assert attacks and attacks[0]["predicted_class"] and attacks[0]["model_version"] == "1"
+    assert httpx.get(f"{api}/v1/models").json()["serving"] == "1"
+    assert 'metasentry_model_info{algorithm="memory"' in text
     incidents = httpx.get(f"{api}/v1/incidents", params={"kind": "drift"}).json()["incidents"]
     assert incidents and incidents[0]["kind"] == "drift"
     one = incidents[0]["id"]
