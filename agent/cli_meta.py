@@ -13,7 +13,6 @@ import it (that module imports this one).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import sys
 import time
@@ -26,7 +25,7 @@ import numpy as np
 import orjson
 
 from agent.config import AgentConfig, ConfigError, load_config
-from agent.datafile import read_records
+from agent.datafile import file_sha256, read_records
 from agent.logs import configure_logging
 from agent.schema import Encoder
 from agent.training import ProgressLog, TrainingPlan, train_learner
@@ -64,14 +63,6 @@ def _load_config_or_exit(path: Path) -> AgentConfig:
     return config
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _read_labelled(
     config: AgentConfig, path: Path, header: bool, encoder: Encoder | None
 ) -> LabelledData:
@@ -103,7 +94,7 @@ def _read_labelled(
         y=labels[labelled].astype(str),
         encoder=encoder,
         path=path,
-        sha256=_file_sha256(path),
+        sha256=file_sha256(path),
         skipped=skipped,
     )
 

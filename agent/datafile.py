@@ -7,6 +7,7 @@ file it can be fitted on, with the same parsing rules and the same error reasons
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -28,6 +29,15 @@ class RecordFile:
     records: list[dict[str, Any]]
     textual: bool
     rejected: Counter[str] = field(default_factory=Counter)
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes: the identity of a reference or training file."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def file_format(path: Path) -> str:

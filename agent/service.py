@@ -32,7 +32,7 @@ from agent.config import (
     SourceConfig,
     StdinSourceConfig,
 )
-from agent.datafile import read_records
+from agent.datafile import file_sha256, read_records
 from agent.health import READINESS_TIMEOUT_S, BoundedProbe
 from agent.metrics import Metrics
 from agent.pipeline import BatchOutcome, Pipeline
@@ -104,15 +104,6 @@ def build_source(config: AgentConfig, spec: SourceConfig) -> Source:
         columns = None if spec.header else config.schema.columns
         return StdinSource(spec.name, format=spec.format, columns=columns, header=spec.header)
     raise TypeError(f"unsupported source config {type(spec).__name__}")
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes (the reference's identity in model versions)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def fit_reference(config: AgentConfig) -> tuple[Encoder, FeatureBatch]:

@@ -404,6 +404,27 @@ class DriftReport:
         }
 
 
+# --- helpers every detector uses ---------------------------------------------------------
+
+
+def params_repr(detector: Any) -> str:
+    """``ClassName(name='x', alpha=0.01)`` from the detector's ``get_params()``."""
+    arguments = ", ".join(f"{key}={value!r}" for key, value in detector.get_params().items())
+    return f"{type(detector).__name__}({arguments})"
+
+
+def require_schema(name: str, fitted: tuple[tuple[str, ...], tuple[str, ...]] | None,
+                   batch: FeatureBatch) -> None:
+    """Refuse use before ``fit``, and a batch whose features differ from the reference's."""
+    if fitted is None:
+        raise NotFittedError(f"{name} is not fitted: call fit(reference) first.")
+    if (batch.numeric_names, batch.categorical_names) != fitted:
+        raise FeatureSchemaError(
+            f"{name}: the batch's features differ from the reference's; refit the detector "
+            "after changing the encoder."
+        )
+
+
 # --- building detectors from configuration ------------------------------------------------
 
 

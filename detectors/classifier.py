@@ -31,10 +31,10 @@ from detectors.base import (
     DetectorConfig,
     DetectorContext,
     FeatureBatch,
-    FeatureSchemaError,
     ModelHandle,
-    NotFittedError,
     Verdict,
+    params_repr,
+    require_schema,
 )
 
 __all__ = ["AlertModelLike", "ClassifierConfig", "ClassifierDetector"]
@@ -178,8 +178,7 @@ class ClassifierDetector:
                 "top_features": self.top_features}
 
     def __repr__(self) -> str:
-        arguments = ", ".join(f"{key}={value!r}" for key, value in self.get_params().items())
-        return f"{type(self).__name__}({arguments})"
+        return params_repr(self)
 
     @property
     def is_fitted(self) -> bool:
@@ -255,13 +254,7 @@ class ClassifierDetector:
         return None if self.model is None else self.model.current()
 
     def _check(self, batch: FeatureBatch) -> None:
-        if self._schema is None:
-            raise NotFittedError(f"{self.name} is not fitted: call fit(reference) first.")
-        if (batch.numeric_names, batch.categorical_names) != self._schema:
-            raise FeatureSchemaError(
-                f"{self.name}: the batch's features differ from the reference's; refit the "
-                "detector after changing the encoder."
-            )
+        require_schema(self.name, self._schema, batch)
 
     def _separating(self, batch: FeatureBatch, row: int, support: SupportLike,
                     compared: int) -> list[dict[str, Any]]:

@@ -27,6 +27,7 @@ from detectors.base import (
     FeatureBatch,
     FeatureSchemaError,
     NotFittedError,
+    params_repr,
 )
 
 __all__ = [
@@ -702,8 +703,7 @@ class FeatureDriftDetector:
         }
 
     def __repr__(self) -> str:
-        arguments = ", ".join(f"{key}={value!r}" for key, value in self.get_params().items())
-        return f"{type(self).__name__}({arguments})"
+        return params_repr(self)
 
     # -- state exposed read-only -------------------------------------------------------------
 

@@ -25,9 +25,9 @@ from detectors.base import (
     DetectorConfig,
     DetectorContext,
     FeatureBatch,
-    FeatureSchemaError,
-    NotFittedError,
     Verdict,
+    params_repr,
+    require_schema,
 )
 
 __all__ = ["LabelConsistencyConfig", "LabelConsistencyDetector", "NeighbourVotes",
@@ -199,8 +199,7 @@ class LabelConsistencyDetector:
                 "window": self.window, "max_reference": self.max_reference}
 
     def __repr__(self) -> str:
-        arguments = ", ".join(f"{key}={value!r}" for key, value in self.get_params().items())
-        return f"{type(self).__name__}({arguments})"
+        return params_repr(self)
 
     @property
     def is_fitted(self) -> bool:
@@ -289,13 +288,7 @@ class LabelConsistencyDetector:
     # --- helpers -------------------------------------------------------------------------------
 
     def _check(self, batch: FeatureBatch) -> None:
-        if self._schema is None:
-            raise NotFittedError(f"{self.name} is not fitted: call fit(reference) first.")
-        if (batch.numeric_names, batch.categorical_names) != self._schema:
-            raise FeatureSchemaError(
-                f"{self.name}: the batch's features differ from the reference's; refit the "
-                "detector after changing the encoder."
-            )
+        require_schema(self.name, self._schema, batch)
 
     def _votes(self, x: np.ndarray, y: np.ndarray) -> NeighbourVotes:
         """Each record sees the reference, the window, and the batch's earlier records only."""

@@ -262,7 +262,10 @@ class AlertModel:
             # built, are kept: a few labels cannot estimate a class's spread anyway, so a
             # class enrolled from labels is judged on the pooled scores.
             adapted = self.learner.adapt(support.x, support.y)
-            keys = _representation(self.algorithm, self.learner, support.x)
+            # The representation is the meta-trained encoder's, which adapting leaves alone:
+            # only the new records need embedding.
+            keys = np.concatenate([self._keys,
+                                   _representation(self.algorithm, self.learner, extra.x)])
             calibration = NoveltyCalibration(scores=self.calibration.scores,
                                              pooled=self.calibration.pooled,
                                              min_class_records=minimum)
@@ -326,11 +329,15 @@ class AlertModel:
             weights = np.exp(logits)
             confidence = weights.max(axis=1) / weights.sum(axis=1)
         else:
-            proba = self._adapted.predict_proba(x)
+            logits, unknown = self._adapted.scores(x)  # one forward pass for both
+            logits = np.asarray(logits, np.float64)
+            logits -= logits.max(axis=1, keepdims=True)
+            proba = np.exp(logits)
+            proba /= proba.sum(axis=1, keepdims=True)
             classes = np.asarray(self._adapted.classes, dtype=object)
             predicted = classes[proba.argmax(axis=1)]
             confidence = proba.max(axis=1)
-            novelty = np.sqrt(np.maximum(self._adapted.unknown_score(x), 0.0))
+            novelty = np.sqrt(np.maximum(np.asarray(unknown, np.float64), 0.0))
         novelty_p = self.calibration.p_values(predicted, novelty)
         return Classification(predicted=predicted, confidence=confidence, novelty=novelty,
                               novelty_p=novelty_p, nearest=nearest,

@@ -130,6 +130,10 @@ class AdaptedClassifier(OpenSetMixin):
     def predict(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.classes)[np.argmax(self.logits(x), axis=1)]
 
+    def scores(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(logits, unknown_score)`` together; subclasses override it with one forward pass."""
+        return self.logits(x), self.unknown_score(x)
+
 
 def encode_support_labels(support_y: np.ndarray) -> tuple[tuple[Any, ...], np.ndarray]:
     """Map arbitrary support labels to sorted classes and int32 indices into them."""

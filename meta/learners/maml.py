@@ -176,6 +176,10 @@ class AdaptedNetwork(AdaptedClassifier):
         _, embedding = self._run(np.asarray(x, np.float32))
         return nearest_squared_distance(embedding, self.centroids).min(axis=1)
 
+    def scores(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, embedding = self._run(np.asarray(x, np.float32))
+        return logits, nearest_squared_distance(embedding, self.centroids).min(axis=1)
+
 
 class GradientMetaLearner(EpisodicLearner):
     """Shared implementation; the subclasses below only fix the algorithm's switches."""

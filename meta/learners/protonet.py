@@ -87,6 +87,10 @@ class PrototypeClassifier(AdaptedClassifier):
     def unknown_score(self, x: np.ndarray) -> np.ndarray:
         return self._distances(x).min(axis=1)
 
+    def scores(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        distances = self._distances(x)
+        return -distances, distances.min(axis=1)
+
 
 class ProtoNet(EpisodicLearner):
     algorithm = "protonet"

@@ -82,3 +82,26 @@ def served_answers(agent: Agent, lines: Sequence[str]) -> tuple[np.ndarray, np.n
     alpha = agent.config.model.novel_false_alarm_rate
     alarm = (out.novelty_p <= alpha) | (predicted != model.benign_class)
     return predicted, alarm
+
+
+def incident_with_examples(agent: Agent, lines: Sequence[str], key: str,
+                           source: str = "test") -> int:
+    """Store ``lines`` as the example records of one novel incident; returns its id.
+
+    What an analyst can label: the tests use it to put chosen real records in front of the
+    labelling interfaces without depending on which records the model happens to flag.
+    """
+    from storage import IncidentExample, NewIncident
+
+    assert agent.encoder is not None and agent.config.schema.columns is not None
+    fields = [dict(zip(agent.config.schema.columns, line.split(","), strict=True))
+              for line in lines]
+    x = agent.encoder.encode(fields, textual=True).x
+    result = agent.store.commit_batch(
+        source=source, position=None,
+        incidents=[NewIncident(kind="novel", severity="medium", source=source, offset_key=key,
+                               detector="classifier")],
+        examples=[IncidentExample(source=source, incident_offset_key=key, detector="classifier",
+                                  offset_key=f"{key}:{i}", ordinal=i, fields=f, textual=True,
+                                  features=x[i].tolist()) for i, f in enumerate(fields)])
+    return result.created_ids[0]

@@ -18,27 +18,14 @@ from agent.api import create_app
 from agent.cli import main
 from agent.config import load_config
 from agent.service import Agent
-from storage import IncidentExample, NewIncident
-from tests.integration.live_stream import of_class, sample_lines
+from tests.integration.live_stream import incident_with_examples, of_class, sample_lines
 
 TOKEN = "analyst-loop-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def _incident_of(agent: Agent, label: str, key: str, count: int = 6) -> int:
-    assert agent.encoder is not None and agent.config.schema.columns is not None
-    lines = of_class(sample_lines(), label)[:count]
-    fields = [dict(zip(agent.config.schema.columns, line.split(","), strict=True))
-              for line in lines]
-    x = agent.encoder.encode(fields, textual=True).x
-    result = agent.store.commit_batch(
-        source="test", position=None,
-        incidents=[NewIncident(kind="novel", severity="medium", source="test", offset_key=key,
-                               detector="classifier")],
-        examples=[IncidentExample(source="test", incident_offset_key=key, detector="classifier",
-                                  offset_key=f"{key}:{i}", ordinal=i, fields=f, textual=True,
-                                  features=x[i].tolist()) for i, f in enumerate(fields)])
-    return result.created_ids[0]
+    return incident_with_examples(agent, of_class(sample_lines(), label)[:count], key)
 
 
 @pytest.fixture

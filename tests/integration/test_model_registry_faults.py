@@ -21,9 +21,8 @@ import pytest
 
 from agent.config import load_config
 from agent.service import Agent
-from storage import IncidentExample, NewIncident
 from tests.conftest import PG_URL, REPO
-from tests.integration.live_stream import of_class, sample_lines
+from tests.integration.live_stream import incident_with_examples, of_class, sample_lines
 
 _CRASHING_ADAPTATION = """
 import sys, time
@@ -43,20 +42,7 @@ agent.adapter.run("crash test")
 
 
 def _labelled_pool(agent: Agent, label: str, count: int = 5) -> int:
-    assert agent.encoder is not None and agent.config.schema.columns is not None
-    lines = of_class(sample_lines(), label)[:count]
-    fields = [dict(zip(agent.config.schema.columns, line.split(","), strict=True))
-              for line in lines]
-    x = agent.encoder.encode(fields, textual=True).x
-    result = agent.store.commit_batch(
-        source="test", position=None,
-        incidents=[NewIncident(kind="novel", severity="medium", source="test",
-                               offset_key="pool", detector="classifier")],
-        examples=[IncidentExample(source="test", incident_offset_key="pool",
-                                  detector="classifier", offset_key=f"pool:{i}", ordinal=i,
-                                  fields=f, textual=True, features=x[i].tolist())
-                  for i, f in enumerate(fields)])
-    incident = result.created_ids[0]
+    incident = incident_with_examples(agent, of_class(sample_lines(), label)[:count], "pool")
     agent.store.apply_label(incident, label, actor="ana")
     return incident
 

@@ -18,28 +18,14 @@ import pytest
 from agent.canary import CanaryLimits, failed_limits
 from agent.config import load_config
 from agent.service import Agent
-from storage import IncidentExample, NewIncident
-from tests.integration.live_stream import of_class, sample_lines, served_answers
+from tests.integration.live_stream import (
+    incident_with_examples,
+    of_class,
+    sample_lines,
+    served_answers,
+)
 
 NEW_TYPE = "apache2"
-
-
-def _as_incident(agent: Agent, lines: list[str], name: str) -> dict[str, int]:
-    """Store ``lines`` as the example records of one incident; returns offset key -> row."""
-    assert agent.encoder is not None
-    columns = agent.config.schema.columns
-    assert columns is not None
-    fields = [dict(zip(columns, line.split(","), strict=True)) for line in lines]
-    encoded = agent.encoder.encode(fields, textual=True)
-    incident = NewIncident(kind="novel", severity="medium", source="campaign",
-                           offset_key=name, detector="classifier")
-    examples = [IncidentExample(source="campaign", incident_offset_key=name,
-                                detector="classifier", offset_key=f"{name}:{i}", ordinal=i,
-                                fields=f, textual=True, features=encoded.x[i].tolist())
-                for i, f in enumerate(fields)]
-    result = agent.store.commit_batch(source="campaign", position=None, incidents=[incident],
-                                      examples=examples)
-    return {"incident": result.created_ids[0]}
 
 
 def _label(agent: Agent, incident_id: int, key: str, label: str, actor: str) -> int:
@@ -66,7 +52,7 @@ def test_a_poisoned_labelling_campaign_cannot_push_a_worse_model_live(agent: Age
     _, alarm_before = served_answers(agent, held_out_benign)
 
     pool = benign[:60] + new[:60]
-    ids = _as_incident(agent, pool, "pool")["incident"]
+    ids = incident_with_examples(agent, pool, "pool", source="campaign")
     key = {i: f"pool:{i}" for i in range(len(pool))}
     plan: list[tuple[int, str, str, bool]] = []  # (pool row, label, actor, correct)
     plan += [(60 + i, NEW_TYPE, "ana", True) for i in range(14)]
@@ -130,7 +116,7 @@ def test_the_canary_rejects_a_harmful_candidate_and_the_serving_version_stays(
         assert agent.runtime is not None and agent.adapter is not None
         serving = agent.runtime.version
         benign = of_class(sample_lines(), "normal")[:300]
-        ids = _as_incident(agent, benign, "flood")["incident"]
+        ids = incident_with_examples(agent, benign, "flood", source="campaign")
         for i in range(300):  # typical benign traffic, all labelled as an attack class
             _label(agent, ids, f"flood:{i}", "neptune", "mallory")
         outcome = agent.adapter.run("labels: flood")
