@@ -132,17 +132,20 @@ def replay(config_path: Path, limit: int | None, as_json: bool, source_name: str
 
 @contextlib.contextmanager
 def _startup_errors() -> Iterator[None]:
-    """A database that does not answer or an unreadable source: one line and exit 1.
+    """A database that does not answer, an unreadable source or a model that cannot be
+    served (other weights than pinned, another encoder, no GPU for ``device: gpu``): one line
+    and exit 1.
 
     The line goes through :func:`redact_text`: a database error quotes the URL, and the URL
     may carry a password in its query string (which the store's own redaction misses).
     """
     from adapters.base import SourceError
+    from agent.model_runtime import ModelLoadError
     from storage import StoreUnavailable
 
     try:
         yield
-    except (StoreUnavailable, SourceError) as exc:
+    except (StoreUnavailable, SourceError, ModelLoadError) as exc:
         # Driver messages span lines ("...refused\n\tIs the server running..."): one line.
         click.echo(f"error: {' '.join(redact_text(str(exc)).split())}", err=True)
         sys.exit(1)

@@ -254,8 +254,15 @@ class ModelRuntime:
         log.info("bootstrap: meta-training a %s model on %d labelled reference records (%d "
                  "classes; %d held out as the canary set)", cfg.learner, len(support),
                  len(support.classes), len(self.split.canary))
-        trained = train_learner(support.x, support.y, plan,
-                                progress=ProgressLog(lambda line: log.info("bootstrap: %s", line)))
+        from meta.device import DeviceUnavailableError
+
+        try:
+            trained = train_learner(support.x, support.y, plan, progress=ProgressLog(
+                lambda line: log.info("bootstrap: %s", line)))
+        except (ValueError, DeviceUnavailableError) as error:  # e.g. too few classes, no GPU
+            raise ModelLoadError(
+                f"bootstrap: cannot meta-train a {cfg.learner} model on the labelled reference "
+                f"({error}); use `model.learner: knn`, or give `model.path`.") from error
         staging = Path(self.config.resolve(cfg.cache_dir)) / f"staging-{os.getpid()}"
         description = {
             "feature_schema": self.config.schema.model_dump(mode="json"),
@@ -303,10 +310,12 @@ class ModelRuntime:
 
         cfg = self.config.model
         key = signing_key_from_env(cfg.signing_key_env) if cfg.signing_key_env else None
+        from meta.device import DeviceUnavailableError
+
         try:
             return load_model(directory, expected_sha256=expected, signing_key=key,
                               require_signature=key is not None, device=cfg.device)
-        except ModelIntegrityError as error:
+        except (ModelIntegrityError, DeviceUnavailableError) as error:
             raise ModelLoadError(str(error)) from error
 
     def _check_encoder(self, model_json: dict[str, Any], where: str) -> None:

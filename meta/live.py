@@ -264,23 +264,21 @@ class AlertModel:
             adapted = self.learner.adapt(support.x, support.y)
             # The representation is the meta-trained encoder's, which adapting leaves alone:
             # only the new records need embedding.
-            keys = np.concatenate([self._keys,
-                                   _representation(self.algorithm, self.learner, extra.x)])
+            new_keys = _representation(self.algorithm, self.learner, extra.x)
+            keys = np.concatenate([self._keys, new_keys])
             calibration = NoveltyCalibration(scores=self.calibration.scores,
                                              pooled=self.calibration.pooled,
                                              min_class_records=minimum)
-            return AlertModel(self.algorithm, self.learner, support,
-                              benign_class=self.benign_class, keys=keys,
-                              calibration=calibration, adapted=adapted,
-                              temperature=self._temperature)
+            model = AlertModel(self.algorithm, self.learner, support,
+                               benign_class=self.benign_class, keys=keys,
+                               calibration=calibration, adapted=adapted,
+                               temperature=self._temperature)
+            if self._spacing is not None:
+                model._spacing = _extended_spacing(self._keys, self._spacing, new_keys)
+            return model
         new_keys = _representation(self.algorithm, self.learner, extra.x)
         keys = np.concatenate([self._keys, new_keys])
-        old_to_new = _distances(self._keys, new_keys)
-        loo_old = np.minimum(self._loo_novelty, old_to_new.min(axis=1)) if len(extra) else (
-            self._loo_novelty)
-        new_rows = _distances(new_keys, keys)
-        new_rows[np.arange(len(extra)), len(self._keys) + np.arange(len(extra))] = np.inf
-        loo = np.concatenate([loo_old, new_rows.min(axis=1)])
+        loo = _extended_spacing(self._keys, self._loo_novelty, new_keys)
         calibration = _calibration_from(support.y, loo, minimum)
         return AlertModel(self.algorithm, self.learner, support, benign_class=self.benign_class,
                           keys=keys, calibration=calibration, loo_novelty=loo,
@@ -457,13 +455,25 @@ def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _leave_one_out_distance(keys: np.ndarray) -> np.ndarray:
+    """Each row's distance to its nearest other row."""
     out = np.empty(keys.shape[0], dtype=np.float64)
     for start in range(0, keys.shape[0], _CHUNK):
         stop = min(start + _CHUNK, keys.shape[0])
-        distance = _distances(keys[start:stop], keys)
-        distance[np.arange(stop - start), np.arange(start, stop)] = np.inf
-        out[start:stop] = distance.min(axis=1)
+        squared = _squared_distances(keys[start:stop], keys)
+        squared[np.arange(stop - start), np.arange(start, stop)] = np.inf
+        out[start:stop] = np.sqrt(squared.min(axis=1))
     return out
+
+
+def _extended_spacing(keys: np.ndarray, spacing: np.ndarray, new_keys: np.ndarray
+                      ) -> np.ndarray:
+    """Leave-one-out distances after appending ``new_keys``, updating only what changes."""
+    if len(new_keys) == 0:
+        return spacing
+    closer = np.sqrt(_squared_distances(keys, new_keys).min(axis=1))
+    rows = _squared_distances(new_keys, np.concatenate([keys, new_keys]))
+    rows[np.arange(len(new_keys)), len(keys) + np.arange(len(new_keys))] = np.inf
+    return np.concatenate([np.minimum(spacing, closer), np.sqrt(rows.min(axis=1))])
 
 
 def _calibration_from(labels: np.ndarray, scores: np.ndarray, minimum: int

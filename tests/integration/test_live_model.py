@@ -128,3 +128,24 @@ def test_a_burst_of_one_attack_is_one_incident_with_a_count(
         assert flagged <= len(burst)
     finally:
         agent.close()
+
+
+def test_a_model_trained_on_other_features_or_other_weights_is_refused(
+        write_config: Callable[..., Path], default_config_data: dict[str, object]) -> None:
+    from agent.model_runtime import ModelLoadError
+
+    features = list(default_config_data["schema"]["features"])  # type: ignore[index]
+    fewer = write_config("fewer.yaml", live_model=True, **{"schema.features": features[:-1]})
+    agent = Agent(load_config(fewer, need_token=False))
+    try:
+        with pytest.raises(ModelLoadError, match="different encoder"):
+            agent.prepare()
+    finally:
+        agent.close()
+    other = write_config("pinned.yaml", live_model=True, **{"model.sha256": "0" * 64})
+    agent = Agent(load_config(other, need_token=False))
+    try:
+        with pytest.raises(ModelLoadError, match="expected|pinned"):
+            agent.prepare()
+    finally:
+        agent.close()

@@ -185,3 +185,55 @@ def test_summary_hides_a_query_string_password(write_config: Callable[..., Path]
     code, out = _check(path, env={"METASENTRY_API_TOKEN": token})
     assert code == 0, out
     assert "hunter2" not in out and "password=***" in out
+
+
+def test_the_old_detectors_mapping_still_loads_and_says_how_to_rewrite_it(
+        write_config: Callable[..., Path]) -> None:
+    path = write_config(**{"detectors": {"feature_drift": {"window": 300, "step": 300}}})
+    config = load_config(path, need_token=False)
+    assert [(d.type, d.resolved_name()) for d in config.detectors] == [
+        ("feature_drift", "feature_drift")]
+    assert config.detectors[0].window == 300  # type: ignore[attr-defined]
+    assert config.notes and "write a list of typed entries" in config.notes[0]
+    broken = write_config("broken.yaml", **{"detectors": {"feature_drift": {"window": "x"}}})
+    with pytest.raises(ConfigError) as caught:
+        load_config(broken, need_token=False)
+    assert any(e.startswith("detectors.feature_drift.window:") for e in caught.value.errors)
+
+
+def test_detector_entries_are_checked_by_their_own_type(write_config: Callable[..., Path]
+                                                        ) -> None:
+    path = write_config(**{"detectors": [
+        {"type": "feature_drift", "name": "drift", "window": 0},
+        {"type": "mmd", "name": "x"},
+        {"type": "classifier", "name": "drift"},
+    ]})
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, need_token=False)
+    errors = "\n".join(caught.value.errors)
+    assert "detectors[0].window:" in errors
+    assert "unknown type (got 'mmd', expected one of classifier, feature_drift, " in errors
+
+
+def test_the_classifier_needs_the_model_and_the_model_needs_labels(
+        write_config: Callable[..., Path]) -> None:
+    path = write_config(**{"detectors": [{"type": "classifier", "name": "classifier"}]})
+    with pytest.raises(ConfigError, match="need the live model"):
+        load_config(path, need_token=False)
+    no_label = write_config("nolabel.yaml", **{"model.enabled": True, "schema.label": None,
+                                               "detectors": []})
+    with pytest.raises(ConfigError, match="schema.label"):
+        load_config(no_label, need_token=False)
+
+
+def test_a_missing_model_directory_and_signing_key_are_named(
+        write_config: Callable[..., Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MODEL_KEY", raising=False)
+    path = write_config(**{"model.enabled": True, "model.path": str(tmp_path / "nowhere"),
+                           "model.signing_key_env": "MODEL_KEY"})
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, need_token=False)
+    errors = "\n".join(caught.value.errors)
+    assert "model.path: no model directory" in errors
+    assert "model.signing_key_env: environment variable MODEL_KEY is not set" in errors
