@@ -203,8 +203,9 @@ class Metrics:
                                 "and predicted class.", ["detector", "kind", "predicted_class"],
                                 registry=r)
         self.labels = Counter(_base("metasentry_labels_total"),
-                              "Analyst labels, by what happened to them (received, held by "
-                              "screening, used by a version, rejected with a version, released).",
+                              "Analyst labels, by what happened to them: received (through this "
+                              "process's API), held by screening, used by a version, rejected "
+                              "with a version that failed its canary, released.",
                               ["status"], registry=r)
         for status in LABEL_STATUSES:
             self.labels.labels(status)
