@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agent.canary import CanaryLimits, failed_limits
@@ -92,7 +92,7 @@ class Adapter:
                 self.metrics.adaptations.labels("failed").inc()
                 log.exception("adaptation (%s) failed; the serving version is unchanged", trigger)
                 raise
-        outcome = _with_seconds(outcome, time.perf_counter() - started)
+        outcome = replace(outcome, seconds=time.perf_counter() - started)
         if outcome.status in ("activated", "rejected"):
             self.metrics.adaptations.labels(outcome.status).inc()
             self.metrics.adaptation_seconds.observe(outcome.seconds)
@@ -198,10 +198,3 @@ class Adapter:
                                  reasons=tuple(reasons),
                                  labels_used=tuple(r.label_id for r in accepted),
                                  labels_held=held, canary=figures)
-
-
-def _with_seconds(outcome: AdaptationOutcome, seconds: float) -> AdaptationOutcome:
-    return AdaptationOutcome(status=outcome.status, version=outcome.version,
-                             reasons=outcome.reasons, labels_used=outcome.labels_used,
-                             labels_held=outcome.labels_held, canary=outcome.canary,
-                             seconds=seconds)

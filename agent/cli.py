@@ -13,49 +13,18 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
-import orjson
 
-from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_config
-from agent.logs import configure_logging
+from agent.cli_common import EXIT_CONFIG, config_option, emit_json, load_or_exit, open_store
+from agent.config import ConfigError, load_config
 from agent.version import __version__
-from storage.urls import redact_text, redact_url
+from storage.urls import redact_text
 
 log = logging.getLogger(__name__)
-
-EXIT_CONFIG = 2
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def config_option(func: F) -> F:
-    return click.option(
-        "--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
-        default=lambda: os.environ.get("METASENTRY_CONFIG", str(DEFAULT_CONFIG_PATH)),
-        show_default="agent.yaml or $METASENTRY_CONFIG", help="The agent's YAML configuration.",
-    )(func)
-
-
-def load_or_exit(path: Path, *, need_token: bool = False) -> AgentConfig:
-    """Load the config or print every error and exit 2."""
-    try:
-        config = load_config(path, need_token=need_token)
-    except ConfigError as exc:
-        for line in exc.errors:
-            click.echo(f"error: {line}", err=True)
-        sys.exit(EXIT_CONFIG)
-    configure_logging(config.logging.level, json_format=config.logging.json_format)
-    for note in config.notes:
-        log.warning("%s: %s", path, note)
-    return config
-
-
-def emit_json(data: Any) -> None:
-    click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str).decode())
-
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="metasentry")
@@ -291,27 +260,21 @@ def db() -> None:
 @config_option
 def db_upgrade(config_path: Path) -> None:
     """Apply migrations up to the newest schema."""
-    from storage import Store
+    from storage import Store, StoreTimeouts
 
     config = load_or_exit(config_path)
     with _startup_errors():
-        store = Store(config.storage_url())
+        store = Store(config.storage_url(),
+                      timeouts=StoreTimeouts(**config.storage.timeouts.model_dump()))
         started = time.perf_counter()
         store.upgrade()
         revision = store.current_revision()
-    # redacted_url hides the userinfo password only; a query-string one needs redact_url.
-    click.echo(f"{redact_url(store.redacted_url)}: at {revision} "
+    click.echo(f"{store.redacted_url}: at {revision} "
                f"({time.perf_counter() - started:.2f} s)")
 
 
 def _store(config_path: Path) -> Any:
-    from storage import Store
-
-    config = load_or_exit(config_path)
-    store = Store(config.storage_url())
-    if not store.at_head():
-        store.upgrade()
-    return store
+    return open_store(load_or_exit(config_path))
 
 
 def _register_meta_commands() -> None:

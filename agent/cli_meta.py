@@ -24,15 +24,14 @@ import click
 import numpy as np
 import orjson
 
-from agent.config import AgentConfig, ConfigError, load_config
+from agent.cli_common import EXIT_CONFIG, load_or_exit
+from agent.config import AgentConfig
 from agent.datafile import file_sha256, read_records
-from agent.logs import configure_logging
 from agent.schema import Encoder
 from agent.training import ProgressLog, TrainingPlan, train_learner
 
 log = logging.getLogger(__name__)
 
-EXIT_CONFIG = 2
 ALGORITHM_CHOICES = ("protonet", "maml", "fomaml", "metasgd", "memory")
 CHECKPOINT_SUBDIR = "checkpoint"
 
@@ -50,13 +49,7 @@ class LabelledData:
 
 
 def _load_config_or_exit(path: Path) -> AgentConfig:
-    try:
-        config = load_config(path, need_token=False)
-    except ConfigError as exc:
-        for line in exc.errors:
-            click.echo(f"error: {line}", err=True)
-        sys.exit(EXIT_CONFIG)
-    configure_logging(config.logging.level, json_format=config.logging.json_format)
+    config = load_or_exit(path)
     if not config.schema.label:
         click.echo("error: schema.label: the meta-learning commands need a label field", err=True)
         sys.exit(EXIT_CONFIG)

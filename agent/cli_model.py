@@ -20,32 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import click
-import orjson
 
-from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_config
-from agent.logs import configure_logging
+from agent.cli_common import config_option, emit_json, load_or_exit, open_store
+from agent.config import AgentConfig
 from storage.urls import redact_text
 
 EXIT_USAGE = 2
-
-
-def _config_option(func: Any) -> Any:
-    return click.option(
-        "--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
-        default=lambda: os.environ.get("METASENTRY_CONFIG", str(DEFAULT_CONFIG_PATH)),
-        show_default="agent.yaml or $METASENTRY_CONFIG", help="The agent's YAML configuration.",
-    )(func)
-
-
-def _load(config_path: Path) -> AgentConfig:
-    try:
-        config = load_config(config_path, need_token=False)
-    except ConfigError as exc:
-        for line in exc.errors:
-            click.echo(f"error: {line}", err=True)
-        sys.exit(EXIT_USAGE)
-    configure_logging(config.logging.level, json_format=config.logging.json_format)
-    return config
 
 
 @contextlib.contextmanager
@@ -62,15 +42,6 @@ def _one_line_errors() -> Iterator[None]:
         sys.exit(1)
 
 
-def _store(config: AgentConfig) -> Any:
-    from storage import Store
-
-    store = Store(config.storage_url())
-    if not store.at_head():
-        store.upgrade()
-    return store
-
-
 def _running_model(config: AgentConfig) -> Any:
     """An agent with the registry's active model loaded (nothing attached, nothing run)."""
     from agent.service import Agent
@@ -84,10 +55,6 @@ def _running_model(config: AgentConfig) -> Any:
     return agent
 
 
-def _emit(data: Any) -> None:
-    click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str).decode())
-
-
 # --- labels ---------------------------------------------------------------------------------
 
 
@@ -97,18 +64,18 @@ def labels() -> None:
 
 
 @labels.command("list")
-@_config_option
+@config_option
 @click.option("--status", default=None,
               type=click.Choice(["pending", "held", "released", "used", "rejected", "noted"]))
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def labels_list(config_path: Path, status: str | None, limit: int, as_json: bool) -> None:
     """Labels, oldest first, with their status (held ones with the reason)."""
-    config = _load(config_path)
+    config = load_or_exit(config_path)
     with _one_line_errors():
-        rows = _store(config).list_labels(status=status, limit=limit)
+        rows = open_store(config).list_labels(status=status, limit=limit)
     if as_json:
-        _emit([r.to_dict() for r in rows])
+        emit_json([r.to_dict() for r in rows])
         return
     if not rows:
         click.echo("no labels")
@@ -121,14 +88,14 @@ def labels_list(config_path: Path, status: str | None, limit: int, as_json: bool
 
 
 @labels.command("release")
-@_config_option
+@config_option
 @click.option("--actor", default=lambda: os.environ.get("USER", "cli"), show_default="$USER")
 @click.argument("label_id", type=click.IntRange(1, 2**31 - 1))
 def labels_release(config_path: Path, actor: str, label_id: int) -> None:
     """Override screening: held label LABEL_ID may teach at the next adaptation."""
-    config = _load(config_path)
+    config = load_or_exit(config_path)
     with _one_line_errors():
-        label = _store(config).release_label(label_id, actor=actor)
+        label = open_store(config).release_label(label_id, actor=actor)
     click.echo(f"label {label.id} ({label.label!r} by {label.actor}) released by {actor}; "
                "it is used at the next adaptation")
 
@@ -137,13 +104,13 @@ def labels_release(config_path: Path, actor: str, label_id: int) -> None:
 
 
 @click.command("adapt")
-@_config_option
+@config_option
 @click.option("--force", is_flag=True,
               help="Adapt even if no class has adaptation.min_labels new labels.")
 @click.option("--json", "as_json", is_flag=True)
 def adapt(config_path: Path, force: bool, as_json: bool) -> None:
     """Screen pending labels, build a candidate version, check it, and activate it if it passes."""
-    config = _load(config_path)
+    config = load_or_exit(config_path)
     with _one_line_errors():
         agent = _running_model(config)
         try:
@@ -151,7 +118,7 @@ def adapt(config_path: Path, force: bool, as_json: bool) -> None:
         finally:
             agent.close()
     if as_json:
-        _emit(outcome.to_dict())
+        emit_json(outcome.to_dict())
     else:
         click.echo(describe_outcome(outcome.to_dict()))
     sys.exit(0 if outcome.status in ("activated", "waiting", "nothing_pending") else 1)
@@ -184,15 +151,15 @@ def models() -> None:
 
 
 @models.command("list")
-@_config_option
+@config_option
 @click.option("--json", "as_json", is_flag=True)
 def models_list(config_path: Path, as_json: bool) -> None:
     """Versions, newest first."""
-    config = _load(config_path)
+    config = load_or_exit(config_path)
     with _one_line_errors():
-        rows = _store(config).list_model_versions()
+        rows = open_store(config).list_model_versions()
     if as_json:
-        _emit([r.to_dict() for r in rows])
+        emit_json([r.to_dict() for r in rows])
         return
     if not rows:
         click.echo("no model versions (the agent creates version 1 at its first start)")
@@ -212,21 +179,21 @@ def models_list(config_path: Path, as_json: bool) -> None:
 
 
 @models.command("show")
-@_config_option
+@config_option
 @click.argument("version")
 def models_show(config_path: Path, version: str) -> None:
     """One version, whole, as JSON."""
-    config = _load(config_path)
+    config = load_or_exit(config_path)
     with _one_line_errors():
-        _emit(_store(config).get_model_version(version).to_dict())
+        emit_json(open_store(config).get_model_version(version).to_dict())
 
 
 @models.command("activate")
-@_config_option
+@config_option
 @click.argument("version")
 def models_activate(config_path: Path, version: str) -> None:
     """Serve VERSION (after checking it rebuilds to its recorded sha256)."""
-    config = _load(config_path)
+    config = load_or_exit(config_path)
     with _one_line_errors():
         agent = _running_model(config)
         try:
@@ -238,10 +205,10 @@ def models_activate(config_path: Path, version: str) -> None:
 
 
 @models.command("rollback")
-@_config_option
+@config_option
 def models_rollback(config_path: Path) -> None:
     """Serve the version the active one replaced."""
-    config = _load(config_path)
+    config = load_or_exit(config_path)
     with _one_line_errors():
         agent = _running_model(config)
         try:

@@ -48,8 +48,6 @@ class DetectorSet:
         self.records: list[Any] = []
         self.labelled: list[Any] = []
         for entry in config.enabled_detectors():
-            if entry.type == "classifier" and "alpha" not in entry.model_fields_set:
-                entry = entry.model_copy(update={"alpha": config.model.novel_false_alarm_rate})
             detector = build_detector(entry, context)
             {"window": self.windows, "record": self.records,
              "labelled": self.labelled}[detector.family].append(detector)

@@ -89,25 +89,6 @@ ADAPTATION_OUTCOMES: Final[tuple[str, ...]] = ("activated", "rejected", "failed"
 
 #: predicted-class label values are class names of the model, at most this many distinct ones
 MAX_CLASS_LABELS: Final = 64
-_class_labels: set[str] = set()
-_class_lock = threading.Lock()
-
-
-def bounded_class(name: str | None) -> str:
-    """A predicted class as a metric label: ``none``, a class name, or ``other`` past the cap.
-
-    Class names come from the model's enrolled classes, which analysts can extend; the cap
-    keeps a runaway labelling from turning into a runaway number of series.
-    """
-    if name is None:
-        return "none"
-    with _class_lock:
-        if name in _class_labels:
-            return name
-        if len(_class_labels) < MAX_CLASS_LABELS:
-            _class_labels.add(name)
-            return name
-    return "other"
 
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -123,6 +104,8 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
+        self._class_labels: set[str] = set()
+        self._class_lock = threading.Lock()
         r = self.registry
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
@@ -226,6 +209,22 @@ class Metrics:
             "Share of benign canary records the serving version would alarm on.", registry=r)
         self.build_info.info({"version": __version__, "python": platform.python_version(),
                               "tensorflow": _tensorflow_version()})
+
+    def class_label(self, name: str | None) -> str:
+        """A predicted class as a metric label: ``none``, a class name, or ``other`` past the cap.
+
+        Class names come from the model's enrolled classes, which analysts can extend; the cap
+        keeps a runaway labelling from turning into a runaway number of series.
+        """
+        if name is None:
+            return "none"
+        with self._class_lock:
+            if name in self._class_labels:
+                return name
+            if len(self._class_labels) < MAX_CLASS_LABELS:
+                self._class_labels.add(name)
+                return name
+        return "other"
 
     def set_config(self, sha256: str) -> None:
         self.config_info.info({"sha256": sha256})

@@ -61,6 +61,7 @@ class ModelRuntime:
         cfg = config.model
         self.split: ReferenceSplit = split_reference(reference, canary_fraction=cfg.canary_fraction,
                                                      seed=cfg.seed)
+        self._support_digest = support_digest(self.split.support)  # fixed: hash it once
         self._learners: dict[str, Any] = {}
         self._reference_models: dict[tuple[str, str], AlertModel] = {}
         self._model: AlertModel | None = None
@@ -84,6 +85,11 @@ class ModelRuntime:
             yield self._pinned.model
         finally:
             self._pinned.model = None
+
+    @property
+    def novel_false_alarm_rate(self) -> float:
+        """The rate ``novel`` findings are judged at unless a detector sets its own."""
+        return self.config.model.novel_false_alarm_rate
 
     @property
     def version(self) -> ModelVersion | None:
@@ -194,7 +200,7 @@ class ModelRuntime:
             "base_sha256": base_sha256,
             "benign_class": cfg.benign_class,
             "reference_sha256": self.reference_sha256,
-            "reference_support": support_digest(self.split.support),
+            "reference_support": self._support_digest,
             "canary_fraction": cfg.canary_fraction,
             "seed": cfg.seed,
             "labels": labels_digest(records),

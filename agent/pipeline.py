@@ -38,7 +38,7 @@ from agent.config import AgentConfig
 from agent.detection import DetectorSet, Judgement
 from agent.grouping import Finding, Grouper, Placement, record_time
 from agent.incidents import IncidentPolicy, RecordContext, RecordIncidents
-from agent.metrics import Metrics, bounded_class
+from agent.metrics import Metrics
 from agent.salvage import commit_salvaging
 from agent.schema import Encoded, Encoder
 from detectors.base import DriftReport, FeatureBatch
@@ -256,6 +256,7 @@ class Pipeline:
         """Group the flagged fresh records into incidents, with explanations for a few."""
         findings: list[tuple[int, int, Finding]] = []
         verdicts = {}
+        counted: Counter[tuple[str, str, str | None]] = Counter()
         for order, judgement in enumerate(judgements):
             detector, verdict = judgement.detector, judgement.verdict
             verdicts[detector.name] = (detector, judgement)
@@ -271,9 +272,11 @@ class Pipeline:
                     index=state.processed_total + int(i),
                     offset=records[int(ok_index[row])].offset_key,
                     time=record_time(time_field), row=row)))
-                outcome.findings[kind] += 1
-                self.metrics.findings.labels(detector.name, kind,
-                                             bounded_class(predicted)).inc()
+                counted[(detector.name, kind, predicted)] += 1
+        for (name, kind, predicted), count in counted.items():
+            outcome.findings[kind] += count
+            self.metrics.findings.labels(name, kind, self.metrics.class_label(predicted)
+                                         ).inc(count)
         if not findings:
             return [], [], []
         findings.sort(key=lambda item: (item[0], item[1]))

@@ -453,8 +453,13 @@ class ModelHandle(Protocol):
 
     The pipeline swaps versions between batches; a detector asks for the current one at the
     start of each batch and keeps it for that batch, so one batch is never judged by two
-    models. ``None`` means no model is loaded (yet).
+    models. ``None`` means no model is loaded (yet). ``novel_false_alarm_rate`` is the
+    false-alarm rate the model's novelty is meant to be judged at (a detector's default
+    ``alpha``), so it is configured once, with the model.
     """
+
+    @property
+    def novel_false_alarm_rate(self) -> float: ...
 
     def current(self) -> Any: ...
 

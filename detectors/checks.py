@@ -477,6 +477,7 @@ class NearestLabelModel:
     """
 
     version = "checks"
+    novel_false_alarm_rate = 0.01
 
     def __init__(self, reference: FeatureBatch, benign_class: str = BENIGN) -> None:
         if reference.labels is None:

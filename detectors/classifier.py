@@ -79,7 +79,7 @@ class ClassifierConfig(DetectorConfig):
     """``detectors:`` entry of ``type: classifier``."""
 
     type: Literal["classifier"] = "classifier"
-    alpha: float = Field(default=0.01, gt=0, lt=1)
+    alpha: float | None = Field(default=None, gt=0, lt=1)  # None: the model's configured rate
     neighbours: int = Field(default=3, gt=0, le=50)
     top_features: int = Field(default=3, gt=0, le=20)
 
@@ -107,6 +107,7 @@ class ClassifierDetector:
     >>> from detectors.base import FeatureBatch
     >>> class Fixed:  # a stand-in with the live model's interface
     ...     version, benign_class, classes = "1", "normal", ("normal", "scan")
+    ...     novel_false_alarm_rate = 0.01
     ...     def current(self): return self
     ...     def embed(self, x): return x
     ...     def classify(self, x, embeddings=None):
@@ -158,7 +159,8 @@ class ClassifierDetector:
                 f"detector {config.resolved_name()!r} (type classifier) needs the live model; "
                 "set `model.enabled: true`."
             )
-        detector = cls(config.resolved_name(), alpha=config.alpha, neighbours=config.neighbours,
+        alpha = config.alpha if config.alpha is not None else context.model.novel_false_alarm_rate
+        detector = cls(config.resolved_name(), alpha=alpha, neighbours=config.neighbours,
                        top_features=config.top_features, model=context.model)
         detector.fit(context.reference)
         return detector

@@ -87,15 +87,18 @@ def neighbour_votes(query: np.ndarray, labels: np.ndarray, memory: np.ndarray,
     counted = np.maximum(seen.sum(axis=1), 1)
     agree = (neighbour_labels == labels[:, None]) & seen
     disagreement = 1.0 - agree.sum(axis=1) / counted
-    majority = np.empty(n, dtype=object)
-    majority_share = np.zeros(n)
-    for i in range(n):  # k labels per record: a tiny loop next to the distance matrix above
-        values, counts = np.unique(np.asarray(neighbour_labels[i][seen[i]], dtype=str),
-                                   return_counts=True)
-        if values.size:
-            best = int(np.argmax(counts))
-            majority[i] = str(values[best])
-            majority_share[i] = counts[best] / counted[i]
+    # Votes per label for every row at once: labels as codes into their sorted set (ties go
+    # to the first label in that order), counted with one scatter-add.
+    shown = np.asarray(np.where(seen, neighbour_labels, ""), dtype=str)
+    names, codes = np.unique(shown, return_inverse=True)
+    codes = codes.reshape(seen.shape)
+    votes = np.zeros((n, names.size), dtype=np.int64)
+    np.add.at(votes, (np.repeat(np.arange(n), seen.shape[1]), codes.ravel()), seen.ravel())
+    best = votes.argmax(axis=1)
+    has_votes = seen.any(axis=1)
+    majority = np.asarray(names[best], dtype=object)
+    majority[~has_votes] = None
+    majority_share = np.where(has_votes, votes[np.arange(n), best] / counted, 0.0)
     return NeighbourVotes(disagreement=disagreement, majority=majority,
                           majority_share=majority_share, nearest_distance=nearest, index=index)
 

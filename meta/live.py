@@ -312,9 +312,8 @@ class AlertModel:
                 distance[np.flatnonzero(hit), self._class_position[own[hit]]] = np.inf
             grouped = distance.argmin(axis=1)
             nearest[rows] = self._class_order[grouped]
-            nearest_distance[rows] = distance[np.arange(distance.shape[0]), grouped]
+            nearest_distance[rows] = _exact_distance(keys[rows], self._grouped_keys[grouped])
             per_class[rows] = np.minimum.reduceat(distance, self._class_starts, axis=1)
-        nearest_distance = np.sqrt(nearest_distance)
         per_class = np.sqrt(per_class)
         if self.algorithm in MEMORY_STYLE:
             predicted = self.support.y[nearest].astype(object)
@@ -449,6 +448,18 @@ def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.maximum(squared, 0.0, out=squared)
 
 
+def _exact_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise distance of paired rows, computed directly in float64.
+
+    The matrix form above finds the nearest row fast, but its float32 rounding depends on the
+    shape of the product (how the batch was cut) and is largest for near-zero distances; the
+    distance that becomes a novelty score is recomputed here, so a record's score does not
+    depend on its batch.
+    """
+    difference = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    return np.sqrt((difference * difference).sum(axis=1))
+
+
 def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Euclidean distances ``[len(a), len(b)]``."""
     return np.sqrt(_squared_distances(a, b)).astype(np.float64)
@@ -461,7 +472,7 @@ def _leave_one_out_distance(keys: np.ndarray) -> np.ndarray:
         stop = min(start + _CHUNK, keys.shape[0])
         squared = _squared_distances(keys[start:stop], keys)
         squared[np.arange(stop - start), np.arange(start, stop)] = np.inf
-        out[start:stop] = np.sqrt(squared.min(axis=1))
+        out[start:stop] = _exact_distance(keys[start:stop], keys[squared.argmin(axis=1)])
     return out
 
 
@@ -470,10 +481,12 @@ def _extended_spacing(keys: np.ndarray, spacing: np.ndarray, new_keys: np.ndarra
     """Leave-one-out distances after appending ``new_keys``, updating only what changes."""
     if len(new_keys) == 0:
         return spacing
-    closer = np.sqrt(_squared_distances(keys, new_keys).min(axis=1))
-    rows = _squared_distances(new_keys, np.concatenate([keys, new_keys]))
+    closer = _exact_distance(keys, new_keys[_squared_distances(keys, new_keys).argmin(axis=1)])
+    everything = np.concatenate([keys, new_keys])
+    rows = _squared_distances(new_keys, everything)
     rows[np.arange(len(new_keys)), len(keys) + np.arange(len(new_keys))] = np.inf
-    return np.concatenate([np.minimum(spacing, closer), np.sqrt(rows.min(axis=1))])
+    own = _exact_distance(new_keys, everything[rows.argmin(axis=1)])
+    return np.concatenate([np.minimum(spacing, closer), own])
 
 
 def _calibration_from(labels: np.ndarray, scores: np.ndarray, minimum: int

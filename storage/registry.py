@@ -16,6 +16,7 @@ import fcntl
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
@@ -272,8 +273,6 @@ class RegistryStore:
 
 def _flock(descriptor: int, timeout_s: float) -> bool:
     """An exclusive lock on the file, waiting up to ``timeout_s`` (0: do not wait)."""
-    import time
-
     deadline = time.monotonic() + max(timeout_s, 0.0)
     while True:
         try:

@@ -7,15 +7,63 @@ from typing import Any
 
 import pytest
 
-from detectors import DETECTOR_TYPES, Detector, LabelledDetector, RecordDetector, WindowDetector
+from detectors import (
+    DETECTOR_TYPES,
+    Detector,
+    FeatureBatch,
+    LabelledDetector,
+    RecordDetector,
+    WindowDetector,
+)
 from detectors.checks import yield_checks
 
 _PROTOCOLS = {"window": WindowDetector, "record": RecordDetector, "labelled": LabelledDetector}
 
+
+
+class _Served:
+    """The handle the agent gives detectors, around a real served model (meta.live)."""
+
+    novel_false_alarm_rate = 0.01
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def current(self) -> Any:
+        return self.model
+
+
+def _served_model(algorithm: str) -> Callable[[FeatureBatch], _Served]:
+    def factory(reference: FeatureBatch) -> _Served:
+        from meta.live import AlertModel, SupportSet
+
+        learner = None
+        if algorithm != "knn":
+            from meta.encoders import EncoderSpec
+            from meta.learners import build_learner
+
+            spec = EncoderSpec(kind="mlp", input_shape=(reference.encoded.shape[1],),
+                               hidden=(32,), embedding_dim=16)
+            learner = build_learner(algorithm, spec, seed=0, device="cpu")
+        assert reference.labels is not None
+        support = SupportSet(x=reference.encoded, y=reference.labels,
+                             origin=[f"reference:{i}" for i in range(len(reference))],
+                             numeric=reference.numeric, categorical=reference.categorical)
+        return _Served(AlertModel.build(algorithm, learner, support, benign_class="normal"))
+
+    return factory
+
+
+# Detectors that need the live model run the suite three times: with the suite's own numpy
+# model, and with the served model class itself (knn, and an untrained memory learner).
 _CASES = [
-    pytest.param(detector_class, check, id=f"{type_name}-{check.__name__}")
+    pytest.param(detector_class, check, id=f"{type_name}-{model}-{check.__name__}")
     for type_name, detector_class in sorted(DETECTOR_TYPES.items())
-    for check in yield_checks(detector_class)
+    for model, factory in (
+        [("checks", None), ("served-knn", _served_model("knn")),
+         ("served-memory", _served_model("memory"))]
+        if getattr(detector_class, "requires_model", False) else [("-", None)])
+    for check in yield_checks(detector_class, model_factory=factory)
 ]
 
 

@@ -129,7 +129,8 @@ def test_the_canary_rejects_a_harmful_candidate_and_the_serving_version_stays(
         assert rejected.status == "rejected" and rejected.reasons
         incidents = agent.store.list_incidents(kind="model_rejected")
         assert len(incidents) == 1 and incidents[0].model_version == outcome.version
-        assert {label.status for label in agent.store.list_labels(status="rejected")} == \
-            {"rejected"}
+        rejected_labels = agent.store.list_labels(status="rejected")
+        assert len(rejected_labels) == 300
+        assert {label.model_version for label in rejected_labels} == {outcome.version}
     finally:
         agent.close()
