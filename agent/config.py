@@ -300,6 +300,8 @@ class ModelConfig(_Model):
     signing_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     bootstrap: bool = True
     training_episodes: int = Field(default=2000, gt=0)
+    # Conv-4 for a schema whose only feature is an image tensor (auto), else an MLP.
+    encoder: Literal["auto", "mlp", "conv4"] = "auto"
     benign_class: str = Field(default="normal", min_length=1, max_length=100)
     device: Literal["auto", "cpu", "gpu"] = "auto"
     novel_false_alarm_rate: float = Field(default=0.01, gt=0, lt=1)

@@ -24,7 +24,14 @@ import numpy as np
 
 from agent.config import AgentConfig
 from detectors import build_detector
-from detectors.base import DetectorContext, DriftReport, FeatureBatch, ModelHandle, Verdict
+from detectors.base import (
+    DetectorContext,
+    DriftReport,
+    FeatureBatch,
+    ModelHandle,
+    TensorLayout,
+    Verdict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +49,8 @@ class DetectorSet:
     """Window, record and labelled-data detectors of one source."""
 
     def __init__(self, config: AgentConfig, reference: FeatureBatch,
-                 model: ModelHandle | None) -> None:
-        context = DetectorContext(reference=reference, model=model)
+                 model: ModelHandle | None, tensors: tuple[TensorLayout, ...] = ()) -> None:
+        context = DetectorContext(reference=reference, model=model, tensors=tensors)
         self.windows: list[Any] = []
         self.records: list[Any] = []
         self.labelled: list[Any] = []

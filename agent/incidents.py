@@ -73,7 +73,10 @@ class IncidentPolicy:
         return stored, incident
 
 
-SEVERITY_BY_KIND = {"attack": "high", "novel": "medium", "poisoning": "high"}
+SEVERITY_BY_KIND = {"attack": "high", "novel": "medium", "poisoning": "high",
+                    "adversarial": "high"}
+# Findings judged with the live model: their incidents name the model version.
+MODEL_KINDS = ("attack", "novel", "adversarial")
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,12 @@ class RecordIncidents:
         if group.kind == "novel":
             what = "novel kind of record" + (
                 f", nearest known class {group.predicted}" if group.predicted else "")
+        elif group.kind == "adversarial":
+            what = "suspected adversarial input" + (
+                f", classified as {group.predicted}" if group.predicted else "")
+        elif group.kind == "poisoning":
+            what = "suspected poisoned record" + (
+                f", labelled {group.predicted}" if group.predicted else "")
         else:
             what = f"{group.kind}: {group.predicted}" if group.predicted else group.kind
         explanation: dict[str, Any] = {
@@ -155,7 +164,7 @@ class RecordIncidents:
             "first_record": dict(context.explanation or {}),
             "group_span_records": self.config.group_span_records,
         }
-        if model_version is not None and group.kind in ("attack", "novel"):
+        if model_version is not None and group.kind in MODEL_KINDS:
             explanation["model_version"] = model_version
         return NewIncident(
             kind=group.kind, severity=SEVERITY_BY_KIND.get(group.kind, "medium"),
@@ -163,7 +172,7 @@ class RecordIncidents:
             score=_finite(context.score), p_value=_finite(context.p_value),
             explanation=explanation, record_excerpt=context.excerpt[: self.config.excerpt_chars],
             predicted_class=named, confidence=_finite(context.confidence),
-            model_version=model_version if group.kind in ("attack", "novel") else None,
+            model_version=model_version if group.kind in MODEL_KINDS else None,
             record_count=group.count, first_offset=group.first_offset,
             last_offset=group.last_offset,
         )

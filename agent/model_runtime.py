@@ -33,7 +33,7 @@ from agent.config import AgentConfig
 from agent.metrics import Metrics
 from agent.schema import Encoder
 from agent.support import ReferenceSplit, label_support, labels_digest, split_reference
-from agent.training import ProgressLog, TrainingPlan, train_learner
+from agent.training import ProgressLog, TrainingPlan, image_shape_of, train_learner
 from detectors.base import FeatureBatch
 from meta.live import AlertModel, support_digest, version_digest
 from storage import ModelVersion, Store
@@ -90,6 +90,16 @@ class ModelRuntime:
     def novel_false_alarm_rate(self) -> float:
         """The rate ``novel`` findings are judged at unless a detector sets its own."""
         return self.config.model.novel_false_alarm_rate
+
+    @property
+    def held_out_rows(self) -> np.ndarray:
+        """Reference rows no model version is trained on or enrols (the canary split).
+
+        A record the model was trained on sits closer to its class than a new one does, so
+        detectors calibrate their false-alarm rate on these rows only.
+        """
+        return np.array(sorted(int(o.split(":", 1)[1]) for o in self.split.canary.origin),
+                        dtype=np.int64)
 
     @property
     def version(self) -> ModelVersion | None:
@@ -255,8 +265,13 @@ class ModelRuntime:
 
         cfg = self.config.model
         support = self.split.support
+        try:
+            image_shape = image_shape_of(self.config.schema, cfg.encoder)
+        except ValueError as error:
+            raise ModelLoadError(f"bootstrap: {error}") from error
         plan = TrainingPlan(algorithm=cfg.learner, episodes=cfg.training_episodes,
-                            benign_class=cfg.benign_class, seed=cfg.seed, device=cfg.device)
+                            benign_class=cfg.benign_class, seed=cfg.seed, device=cfg.device,
+                            image_shape=image_shape)
         log.info("bootstrap: meta-training a %s model on %d labelled reference records (%d "
                  "classes; %d held out as the canary set)", cfg.learner, len(support),
                  len(support.classes), len(self.split.canary))

@@ -115,7 +115,8 @@ class Pipeline:
     def attach(self, source: Source) -> None:
         """Open a source where the last commit left it, rebuilding detector state if needed."""
         position = self.store.load_position(source.name) or {}
-        detectors = DetectorSet(self.config, self.reference, self.model)
+        detectors = DetectorSet(self.config, self.reference, self.model,
+                                self.encoder.tensor_layouts(self.reference.encoded))
         cfg = self.config.incidents
         grouper = Grouper(span_records=cfg.group_span_records, span_s=cfg.group_span_s,
                           examples=cfg.examples_per_incident)

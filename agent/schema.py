@@ -23,7 +23,7 @@ import numpy as np
 import orjson
 
 from agent.config import FeatureSpec, SchemaConfig
-from detectors.base import FeatureBatch
+from detectors.base import FeatureBatch, TensorLayout
 
 _MISSING = object()
 _TRUE = frozenset({"true", "1", "yes", "y", "t"})
@@ -117,6 +117,24 @@ class Encoder:
         groups += [(f.name, 1) for f in self._by_type("boolean")]
         groups += [(f.name, int(np.prod(f.shape or (1,)))) for f in self._by_type("tensor")]
         return groups
+
+    def tensor_layouts(self, reference: np.ndarray) -> tuple[TensorLayout, ...]:
+        """Where each tensor feature sits in encoded rows, with the raw range ``reference``
+        (encoded rows) spans, for detectors that work on images."""
+        fitted = self._require_fitted()
+        start = 0
+        layouts = []
+        for name, width in self.column_groups():
+            spec = next(f for f in self.schema.features if f.name == name)
+            if spec.type == "tensor":
+                center, scale = fitted.center[name], fitted.scale[name]
+                values = np.asarray(reference[:, start:start + width], np.float64)
+                raw = values * scale + center if values.size else np.zeros(1)
+                layouts.append(TensorLayout(
+                    name=name, shape=tuple(int(v) for v in spec.shape or (width,)), start=start,
+                    center=center, scale=scale, low=float(raw.min()), high=float(raw.max())))
+            start += width
+        return tuple(layouts)
 
     def _require_fitted(self) -> _Fitted:
         if self._fitted is None:

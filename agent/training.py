@@ -37,6 +37,8 @@ class TrainingPlan:
     patience: int = 10
     hidden: tuple[int, ...] = (256, 128)
     embedding_dim: int = 64
+    image_shape: tuple[int, int, int] | None = None  # (H, W, C): a Conv-4 encoder, else an MLP
+    filters: int = 64
     seed: int = 0
     device: str = "auto"
 
@@ -70,8 +72,14 @@ def train_learner(x: np.ndarray, y: np.ndarray, plan: TrainingPlan, *,
                            seed=plan.seed, classes=split.train)
     val = EpisodeSampler(x, y, ways=min(plan.ways, len(split.val)), shots=plan.shots,
                          queries=plan.queries, seed=plan.seed + 1, classes=split.val)
-    spec = EncoderSpec(kind="mlp", input_shape=(int(x.shape[1]),), hidden=plan.hidden,
-                       embedding_dim=plan.embedding_dim)
+    if plan.image_shape is not None:
+        if int(np.prod(plan.image_shape)) != x.shape[1]:
+            raise ValueError(f"records have {x.shape[1]} features, not the {plan.image_shape} "
+                             "image the encoder expects.")
+        spec = EncoderSpec(kind="conv4", input_shape=plan.image_shape, filters=plan.filters)
+    else:
+        spec = EncoderSpec(kind="mlp", input_shape=(int(x.shape[1]),), hidden=plan.hidden,
+                           embedding_dim=plan.embedding_dim)
     learner = build_learner(plan.algorithm, spec, seed=plan.seed, device=plan.device)
     history = learner.meta_train(train, episodes=plan.episodes, meta_batch=plan.meta_batch,
                                  val=val, val_every=plan.val_every, patience=plan.patience,
@@ -87,6 +95,20 @@ def train_learner(x: np.ndarray, y: np.ndarray, plan: TrainingPlan, *,
     }
     return TrainedLearner(learner=learner, history=history, split=split,
                           description=description)
+
+
+def image_shape_of(schema: Any, encoder: str) -> tuple[int, int, int] | None:
+    """The Conv-4 input a schema calls for: ``encoder: conv4``, or (``auto``) a schema whose
+    only feature is an image tensor (``[H, W]`` or ``[H, W, C]``); ``None`` means an MLP."""
+    features = list(schema.features)
+    image = [f for f in features if f.type == "tensor" and len(f.shape or ()) in (2, 3)]
+    if encoder == "mlp" or (encoder == "auto" and (len(features) != 1 or not image)):
+        return None
+    if len(features) != 1 or not image:
+        raise ValueError("`model.encoder: conv4` needs a schema whose only feature is a tensor "
+                         "of shape [H, W] or [H, W, C].")
+    shape = tuple(int(v) for v in image[0].shape)
+    return (shape[0], shape[1], shape[2] if len(shape) == 3 else 1)
 
 
 class ProgressLog:

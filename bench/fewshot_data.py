@@ -378,23 +378,3 @@ def load_omniglot_runs(
                 )
             )
     return tuple(runs)
-
-
-# --------------------------------------------------------------------------- MNIST (optional)
-
-
-def load_mnist_test(root: Path | None = None) -> LabelledSet:
-    """The 10,000 MNIST test digits as (n, 28, 28, 1) floats in [0, 1]; a cross-domain probe."""
-    import gzip
-
-    root = data_root() if root is None else root
-    with gzip.open(root / "mnist" / "t10k-images-idx3-ubyte.gz", "rb") as handle:
-        raw = handle.read()
-    images = np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(-1, 28, 28, 1)
-    with gzip.open(root / "mnist" / "t10k-labels-idx1-ubyte.gz", "rb") as handle:
-        labels = np.frombuffer(handle.read(), dtype=np.uint8, offset=8)
-    return LabelledSet(
-        images.astype(np.float32) / 255.0,
-        labels.astype(np.int64),
-        tuple(str(d) for d in range(10)),
-    )

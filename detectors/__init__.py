@@ -12,6 +12,11 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
+from detectors.activation_clustering import (
+    ActivationClusteringConfig,
+    ActivationClusteringDetector,
+)
+from detectors.adversarial import AdversarialConfig, AdversarialDetector
 from detectors.base import (
     Detector,
     DetectorConfig,
@@ -35,9 +40,14 @@ from detectors.feature_drift import (
     FeatureTest,
 )
 from detectors.label_consistency import LabelConsistencyConfig, LabelConsistencyDetector
+from detectors.spectral_signature import SpectralSignatureConfig, SpectralSignatureDetector
 
 __all__ = [
     "DETECTOR_TYPES",
+    "ActivationClusteringConfig",
+    "ActivationClusteringDetector",
+    "AdversarialConfig",
+    "AdversarialDetector",
     "CategoryShift",
     "ClassifierConfig",
     "ClassifierDetector",
@@ -57,6 +67,8 @@ __all__ = [
     "ModelHandle",
     "NotFittedError",
     "RecordDetector",
+    "SpectralSignatureConfig",
+    "SpectralSignatureDetector",
     "Verdict",
     "WindowDetector",
     "build_detector",
@@ -67,6 +79,9 @@ DETECTOR_TYPES: Mapping[str, Any] = MappingProxyType(
         "feature_drift": FeatureDriftDetector,
         "classifier": ClassifierDetector,
         "label_consistency": LabelConsistencyDetector,
+        "adversarial": AdversarialDetector,
+        "spectral_signature": SpectralSignatureDetector,
+        "activation_clustering": ActivationClusteringDetector,
     }
 )
 

@@ -40,6 +40,7 @@ __all__ = [
     "LabelledDetector",
     "NotFittedError",
     "RecordDetector",
+    "TensorLayout",
     "Verdict",
     "WindowDetector",
 ]
@@ -465,11 +466,49 @@ class ModelHandle(Protocol):
 
 
 @dataclass(frozen=True)
+class TensorLayout:
+    """Where one tensor feature (an image) sits in ``FeatureBatch.encoded``, and its units.
+
+    Tensor features are flattened into the encoded row and scaled by one centre and scale;
+    detectors that transform images (feature squeezing) need them back in raw units, on their
+    grid, with the value range the reference spans (``low``..``high``).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    start: int
+    center: float
+    scale: float
+    low: float
+    high: float
+
+    @property
+    def stop(self) -> int:
+        return self.start + int(np.prod(self.shape))
+
+    def raw(self, encoded: np.ndarray) -> np.ndarray:
+        """``[n, *shape]`` raw values of this feature from encoded rows."""
+        values = np.asarray(encoded[:, self.start:self.stop], np.float64)
+        return (values * self.scale + self.center).reshape(-1, *self.shape)
+
+    def encode(self, encoded: np.ndarray, raw: np.ndarray) -> np.ndarray:
+        """A copy of ``encoded`` with this feature's columns replaced by ``raw`` images."""
+        out = np.array(encoded, dtype=np.float32, copy=True)
+        flat = np.asarray(raw, np.float64).reshape(len(out), -1)
+        out[:, self.start:self.stop] = (flat - self.center) / self.scale
+        return out
+
+
+@dataclass(frozen=True)
 class DetectorContext:
-    """What a detector may need besides its own configuration to get built."""
+    """What a detector may need besides its own configuration to get built.
+
+    ``tensors`` locates the schema's tensor features in the encoded rows (empty without any).
+    """
 
     reference: FeatureBatch
     model: ModelHandle | None = None
+    tensors: tuple[TensorLayout, ...] = ()
 
 
 # --- the three families ------------------------------------------------------------------------

@@ -512,6 +512,24 @@ class NearestLabelModel:
             p[rows] = (1.0 + at_least) / (scores.size + 1.0)
         return _Classified(predicted, np.ones(len(nearest)), novelty, p, nearest)
 
+    def layers(self, x: np.ndarray) -> list[np.ndarray]:
+        """One layer: the encoded features themselves."""
+        return [np.asarray(x, np.float32)]
+
+    @property
+    def probability_classes(self) -> tuple[str, ...]:
+        return self.classes
+
+    def class_probabilities(self, x: np.ndarray) -> np.ndarray:
+        """Softmax over minus each class's nearest distance (in units of the median one)."""
+        distance = self._distances(np.asarray(x, np.float64))
+        per_class = np.column_stack([distance[:, self.support.y == c].min(axis=1)
+                                     for c in self.classes])
+        logits = -per_class / max(float(np.median(per_class)), 1e-12)
+        logits -= logits.max(axis=1, keepdims=True)
+        weights = np.exp(logits)
+        return weights / weights.sum(axis=1, keepdims=True)
+
     def neighbours(self, embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         distance = self._distances(np.asarray(embeddings, np.float64))
         index = np.argsort(distance, axis=1, kind="stable")[:, :k]

@@ -9,6 +9,11 @@ correctly labelled records (like the reference's) that get flagged.
 
 The same computation screens the labels analysts give the agent (:func:`neighbour_votes`):
 feedback is training data too, and a poisoned label is a planted record.
+
+Neighbours are searched in the encoded features by default, or (``representation:
+embeddings``) in the live model's embedding, where records of one class sit together even
+when their raw features do not (images): the reference and the window are embedded again
+whenever the serving model version changes, and the calibration with them.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from detectors.base import (
     DetectorConfig,
     DetectorContext,
     FeatureBatch,
+    ModelHandle,
+    NotFittedError,
     Verdict,
     params_repr,
     require_schema,
@@ -111,6 +118,8 @@ class LabelConsistencyConfig(DetectorConfig):
     neighbours: int = Field(default=10, ge=3, le=100)
     window: int = Field(default=2000, ge=0, le=100_000)
     max_reference: int = Field(default=20_000, ge=10)
+    # Where neighbours are searched: the encoded features, or the live model's embedding.
+    representation: Literal["encoded", "embeddings"] = "encoded"
 
 
 class LabelConsistencyDetector:
@@ -150,12 +159,14 @@ class LabelConsistencyDetector:
 
     family: ClassVar[Literal["labelled"]] = "labelled"
     kind: ClassVar[str] = "poisoning"
-    uses_embeddings: ClassVar[bool] = False
+    uses_embeddings: bool = False  # per instance: True with representation="embeddings"
     requires_model: ClassVar[bool] = False
     Config: ClassVar[type[LabelConsistencyConfig]] = LabelConsistencyConfig
 
     def __init__(self, name: str = "label_consistency", *, alpha: float = 0.01,
-                 neighbours: int = 10, window: int = 2000, max_reference: int = 20_000) -> None:
+                 neighbours: int = 10, window: int = 2000, max_reference: int = 20_000,
+                 representation: Literal["encoded", "embeddings"] = "encoded",
+                 model: ModelHandle | None = None) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError("name must be a non-empty string.")
         if isinstance(alpha, bool) or not isinstance(alpha, float) or not 0.0 < alpha < 1.0:
@@ -164,14 +175,24 @@ class LabelConsistencyDetector:
                                   ("max_reference", max_reference, 10)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{label} must be an integer of at least {low}, got {value!r}.")
+        if representation not in ("encoded", "embeddings"):
+            raise ValueError(f"representation must be 'encoded' or 'embeddings', got "
+                             f"{representation!r}.")
         self.name = name
+        self.representation = representation
+        self.uses_embeddings = representation == "embeddings"
+        self.model = model
         self.alpha = alpha
         self.neighbours = neighbours
         self.window = window
         self.max_reference = max_reference
-        self._reference_x: np.ndarray | None = None
+        self._reference_encoded: np.ndarray | None = None
+        self._reference_x: np.ndarray | None = None  # in the representation searched
         self._reference_y: np.ndarray | None = None
+        self._space: str | None = None  # "encoded", or the model version embedded with
+        self._calibration_rows = np.zeros(0, dtype=bool)
         self._calibration = np.zeros(0)
+        self._window_encoded = np.zeros((0, 0), np.float32)
         self._window_x = np.zeros((0, 0), np.float32)
         self._window_y = np.zeros(0, dtype=object)
         self._window_at = np.zeros(0, dtype=np.int64)  # stream position of each window record
@@ -181,8 +202,14 @@ class LabelConsistencyDetector:
     @classmethod
     def from_config(cls, config: LabelConsistencyConfig, context: DetectorContext
                     ) -> LabelConsistencyDetector:
+        if config.representation == "embeddings" and context.model is None:
+            raise ValueError(
+                f"detector {config.resolved_name()!r} (type label_consistency) searches the "
+                "live model's embeddings; set `model.enabled: true` or `representation: "
+                "encoded`.")
         detector = cls(config.resolved_name(), alpha=config.alpha, neighbours=config.neighbours,
-                       window=config.window, max_reference=config.max_reference)
+                       window=config.window, max_reference=config.max_reference,
+                       representation=config.representation, model=context.model)
         detector.fit(context.reference)
         return detector
 
@@ -190,23 +217,26 @@ class LabelConsistencyDetector:
     def example_params(cls) -> list[dict[str, Any]]:
         return [{"name": "label_consistency", "alpha": 0.01, "window": 0},
                 {"name": "label_consistency_windowed", "alpha": 0.05, "neighbours": 5,
-                 "window": 200}]
+                 "window": 200},
+                {"name": "label_consistency_embedded", "alpha": 0.01, "window": 100,
+                 "representation": "embeddings"}]
 
     @classmethod
     def invalid_params(cls) -> list[dict[str, Any]]:
         return [{"name": ""}, {"alpha": 0.0}, {"alpha": 1.5}, {"neighbours": 2},
-                {"window": -1}, {"max_reference": 5}]
+                {"window": -1}, {"max_reference": 5}, {"representation": "pixels"}]
 
     def get_params(self) -> dict[str, Any]:
         return {"name": self.name, "alpha": self.alpha, "neighbours": self.neighbours,
-                "window": self.window, "max_reference": self.max_reference}
+                "window": self.window, "max_reference": self.max_reference,
+                "representation": self.representation}
 
     def __repr__(self) -> str:
         return params_repr(self)
 
     @property
     def is_fitted(self) -> bool:
-        return self._reference_x is not None
+        return self._reference_encoded is not None
 
     # --- the labelled-data protocol -----------------------------------------------------------
 
@@ -228,16 +258,21 @@ class LabelConsistencyDetector:
             labelled = np.sort(rng.choice(labelled, self.max_reference, replace=False))
         x = np.asarray(reference.encoded[labelled], np.float32)
         y = np.asarray(reference.labels[labelled], dtype=object)
-        visible = np.ones((len(y), len(y)), dtype=bool)
-        np.fill_diagonal(visible, False)
-        votes = neighbour_votes(x, y, x, y, self.neighbours, visible=visible)
-        self._reference_x, self._reference_y = x, y
-        self._calibration = np.sort(votes.disagreement)
-        self._window_x = np.zeros((0, x.shape[1]), np.float32)
+        self._reference_encoded, self._reference_y = x, y
+        # In a model's embedding, records the model was trained on sit closer to their class
+        # than new ones: calibrate on the rows it never saw when the handle names them.
+        held_out = np.asarray(getattr(self.model, "held_out_rows", np.zeros(0)), np.int64)
+        self._calibration_rows = np.isin(labelled, held_out)
+        if self._calibration_rows.sum() <= self.neighbours:
+            self._calibration_rows = np.ones(len(labelled), dtype=bool)
+        self._space = None
+        self._window_encoded = np.zeros((0, x.shape[1]), np.float32)
+        self._window_x = np.zeros((0, 0), np.float32)
         self._window_y = np.zeros(0, dtype=object)
         self._window_at = np.zeros(0, dtype=np.int64)
         self._records_seen = 0
         self._schema = (reference.numeric_names, reference.categorical_names)
+        self._refresh_space()
 
     def inspect(self, batch: FeatureBatch) -> Verdict:
         """Judge the batch's labelled records against their neighbours, in stream order."""
@@ -249,14 +284,15 @@ class LabelConsistencyDetector:
         majority = np.full(n, None, dtype=object)
         labels = batch.labels if batch.labels is not None else np.full(n, None, dtype=object)
         rows = np.flatnonzero([label is not None for label in labels])
+        self._refresh_space()
         if rows.size:
-            votes = self._votes(np.asarray(batch.encoded[rows], np.float32),
-                                np.asarray(labels[rows], dtype=object))
+            represented = self._represent(batch)[rows]
+            votes = self._votes(represented, np.asarray(labels[rows], dtype=object))
             score[rows] = votes.disagreement
             p_value[rows] = self._p_values(votes.disagreement)
             majority[rows] = votes.majority
             flagged[rows] = (p_value[rows] <= self.alpha) & (votes.disagreement > 0.5)
-            self._remember(np.asarray(batch.encoded[rows], np.float32),
+            self._remember(np.asarray(batch.encoded[rows], np.float32), represented,
                            np.asarray(labels[rows], dtype=object), self._records_seen + rows)
         self._records_seen += n
         kind = np.where(flagged, self.kind, "").astype(object)
@@ -275,10 +311,11 @@ class LabelConsistencyDetector:
         self._check(batch)
         rows = np.asarray(indices, dtype=np.int64)
         labels = batch.labels if batch.labels is not None else np.full(len(batch), None)
+        self._refresh_space()
         assert self._reference_x is not None and self._reference_y is not None
         memory_y = np.concatenate([self._reference_y, self._window_y])
         memory_x = np.concatenate([self._reference_x, self._window_x])
-        votes = neighbour_votes(np.asarray(batch.encoded[rows], np.float32),
+        votes = neighbour_votes(self._represent(batch.take(rows)),
                                 np.asarray(labels[rows], dtype=object), memory_x, memory_y,
                                 self.neighbours)
         return [{
@@ -292,6 +329,49 @@ class LabelConsistencyDetector:
 
     def _check(self, batch: FeatureBatch) -> None:
         require_schema(self.name, self._schema, batch)
+
+    def _current_model(self) -> Any:
+        if self.representation != "embeddings" or self.model is None:
+            return None
+        return self.model.current()
+
+    def _refresh_space(self) -> None:
+        """Embed the reference and the window with the serving model version, when it
+        changed, and calibrate there (leave-one-out disagreement of the reference)."""
+        if self._reference_encoded is None:
+            raise NotFittedError(f"{self.name} is not fitted: call fit(reference) first.")
+        model = self._current_model()
+        space = "encoded" if model is None else f"model:{getattr(model, 'version', '')}"
+        if space == self._space:
+            return
+
+        def embed(rows: np.ndarray) -> np.ndarray:
+            if model is None or rows.shape[0] == 0:
+                return rows if model is None else np.zeros((0, 0), np.float32)
+            return np.asarray(model.embed(rows), np.float32)
+
+        x = embed(self._reference_encoded)
+        y = self._reference_y
+        assert y is not None
+        visible = np.ones((len(y), len(y)), dtype=bool)
+        np.fill_diagonal(visible, False)
+        votes = neighbour_votes(x, y, x, y, self.neighbours, visible=visible)
+        self._reference_x = x
+        calibration = (votes.disagreement[self._calibration_rows] if model is not None
+                       else votes.disagreement)
+        self._calibration = np.sort(calibration)
+        window = embed(self._window_encoded)
+        self._window_x = window if window.size else np.zeros((0, x.shape[1]), np.float32)
+        self._space = space
+
+    def _represent(self, batch: FeatureBatch) -> np.ndarray:
+        """The batch's records in the representation neighbours are searched in."""
+        model = self._current_model()
+        if model is None:
+            return np.asarray(batch.encoded, np.float32)
+        if batch.embeddings is not None:
+            return np.asarray(batch.embeddings, np.float32)
+        return np.asarray(model.embed(batch.encoded), np.float32)
 
     def _votes(self, x: np.ndarray, y: np.ndarray) -> NeighbourVotes:
         """Each record sees the reference, the window, and the batch's earlier records only."""
@@ -315,9 +395,11 @@ class LabelConsistencyDetector:
         at_least = calibration.size - np.searchsorted(calibration, disagreement, side="left")
         return (1.0 + at_least) / (calibration.size + 1.0)
 
-    def _remember(self, x: np.ndarray, y: np.ndarray, at: np.ndarray) -> None:
+    def _remember(self, encoded: np.ndarray, x: np.ndarray, y: np.ndarray, at: np.ndarray
+                  ) -> None:
         if not self.window:
             return
+        self._window_encoded = np.concatenate([self._window_encoded, encoded])[-self.window:]
         self._window_x = np.concatenate([self._window_x, x])[-self.window:]
         self._window_y = np.concatenate([self._window_y, y])[-self.window:]
         self._window_at = np.concatenate([self._window_at, at])[-self.window:]

@@ -98,9 +98,14 @@ class Encoder(ABC):
                 params.append(np.zeros(shape, np.float32))
         return params
 
-    @abstractmethod
     def forward(self, params: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
-        ...
+        """The embedding ``[n, output_dim]`` of ``x``."""
+        return self.forward_layers(params, x)[-1]
+
+    @abstractmethod
+    def forward_layers(self, params: Sequence[tf.Tensor], x: tf.Tensor) -> list[tf.Tensor]:
+        """Every block's output as ``[n, width]`` (convolution maps averaged over space), then
+        the embedding: detectors of adversarial inputs look at more than the last layer."""
 
     @abstractmethod
     def _layout(self) -> tuple[list[str], list[tuple[int, ...]]]:
@@ -129,9 +134,10 @@ class MLPEncoder(Encoder):
         shapes += [(width, self.spec.embedding_dim), (self.spec.embedding_dim,)]
         return names, shapes
 
-    def forward(self, params: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
+    def forward_layers(self, params: Sequence[tf.Tensor], x: tf.Tensor) -> list[tf.Tensor]:
         h = tf.cast(x, params[0].dtype)
         i = 0
+        outputs = []
         for _ in self.spec.hidden:
             h = tf.matmul(h, params[i]) + params[i + 1]
             i += 2
@@ -139,7 +145,9 @@ class MLPEncoder(Encoder):
                 h = _layer_norm(h, params[i], params[i + 1], axes=[-1])
                 i += 2
             h = tf.nn.relu(h)
-        return tf.matmul(h, params[i]) + params[i + 1]
+            outputs.append(h)
+        outputs.append(tf.matmul(h, params[i]) + params[i + 1])
+        return outputs
 
 
 class Conv4Encoder(Encoder):
@@ -169,9 +177,12 @@ class Conv4Encoder(Encoder):
             channels = f
         return names, shapes
 
-    def forward(self, params: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
-        h = tf.cast(x, params[0].dtype)
+    def forward_layers(self, params: Sequence[tf.Tensor], x: tf.Tensor) -> list[tf.Tensor]:
+        # Encoded records arrive flat ([n, H*W*C], as the agent's encoder writes tensor
+        # features); episodes and tests may pass images.
+        h = tf.reshape(tf.cast(x, params[0].dtype), [-1, *self.spec.input_shape])
         i = 0
+        outputs = []
         for _ in range(self.spec.conv_blocks):
             h = tf.nn.conv2d(h, params[i], strides=1, padding="SAME") + params[i + 1]
             i += 2
@@ -181,7 +192,9 @@ class Conv4Encoder(Encoder):
             h = tf.nn.relu(h)
             if h.shape[-2] is not None and h.shape[-2] >= 2:
                 h = tf.nn.max_pool2d(h, ksize=2, strides=2, padding="VALID")
-        return tf.reshape(h, [-1, self.output_dim])
+            outputs.append(tf.reduce_mean(h, axis=[1, 2]))
+        outputs[-1] = tf.reshape(h, [-1, self.output_dim])
+        return outputs
 
 
 def build_encoder(spec: EncoderSpec) -> Encoder:

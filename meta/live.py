@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,6 +116,7 @@ class Classification:
     novelty_p: np.ndarray  # float [n]: conformal p-value of novelty for the predicted class
     nearest: np.ndarray  # int [n]: support index of the nearest labelled record
     nearest_distance: np.ndarray  # float [n]
+    probabilities: np.ndarray | None = None  # float [n, C], columns AlertModel.probability_classes
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,9 @@ class AlertModel:
         self._grouped_keys = np.ascontiguousarray(keys[order])
         self._class_starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
         self._class_names = labels[self._class_starts]
+        # Column order of Classification.probabilities.
+        self.probability_classes: tuple[str, ...] = tuple(
+            str(c) for c in (self._class_names if adapted is None else adapted.classes))
         self.evaluations: dict[str, Any] = {}  # canary figures, cached by the caller
 
     # --- construction --------------------------------------------------------------------
@@ -324,7 +328,8 @@ class AlertModel:
             logits = -gap / self._temperature
             logits -= logits.max(axis=1, keepdims=True)
             weights = np.exp(logits)
-            confidence = weights.max(axis=1) / weights.sum(axis=1)
+            proba = weights / weights.sum(axis=1, keepdims=True)
+            confidence = proba.max(axis=1)
         else:
             logits, unknown = self._adapted.scores(x)  # one forward pass for both
             logits = np.asarray(logits, np.float64)
@@ -338,7 +343,72 @@ class AlertModel:
         novelty_p = self.calibration.p_values(predicted, novelty)
         return Classification(predicted=predicted, confidence=confidence, novelty=novelty,
                               novelty_p=novelty_p, nearest=nearest,
-                              nearest_distance=nearest_distance)
+                              nearest_distance=nearest_distance, probabilities=proba)
+
+    # --- what detectors of adversarial inputs and attacks look at -------------------------
+
+    def layers(self, x: np.ndarray) -> list[np.ndarray]:
+        """Every encoder block's output (``[n, width]``), then :meth:`embed`'s representation.
+
+        An input crafted to move the last layer where a class lives usually leaves earlier
+        layers looking unlike that class; detectors compare records layer by layer.
+        """
+        x = np.asarray(x, dtype=np.float32)
+        if self.algorithm == "knn":
+            return [np.ascontiguousarray(x)]
+        outputs = [np.asarray(layer, np.float32) for layer in self.learner.layers(x)]
+        if self.algorithm == "memory":
+            outputs.append(np.asarray(self.learner.keys_of(outputs[-1]), np.float32))
+        return outputs
+
+    def class_probabilities(self, x: np.ndarray) -> np.ndarray:
+        """``[n, C]`` class probabilities, columns in :attr:`probability_classes` order."""
+        out = self.classify(x)
+        assert out.probabilities is not None
+        return out.probabilities
+
+    def logits_function(self) -> Callable[[Any], Any]:
+        """A TensorFlow function from encoded records to class logits, for gradient attacks.
+
+        Columns follow :attr:`probability_classes`. Prototype learners score a class by the
+        negative squared distance to its prototype, as they classify; memory-style learners by
+        the soft-minimum (log-sum-exp) of the negative squared distances to the class's support
+        keys at a temperature sharp enough to pick the nearest one, the differentiable form of
+        their nearest-record rule. Gradient learners adapt their head per support set and
+        expose no single differentiable path here.
+        """
+        import tensorflow as tf
+
+        if self.algorithm not in ("protonet", *MEMORY_STYLE):
+            raise ValueError(f"gradient attacks target embedding learners (protonet, memory, "
+                             f"knn), not {self.algorithm}.")
+        if self.algorithm == "protonet":
+            centres = tf.constant(np.asarray(self._adapted.prototypes, np.float32))
+
+            def logits(x: tf.Tensor) -> tf.Tensor:
+                embedded = self.learner.encoder.forward(self.learner.encoder_params(), x)
+                return -_tf_squared_distances(embedded, centres)
+
+            return logits
+        keys = tf.constant(self._grouped_keys.astype(np.float32))
+        starts = self._class_starts
+        bounds = list(zip(starts, [*starts[1:], keys.shape[0]], strict=True))
+        # Sharp enough that the soft minimum picks the nearest record, as classify does: a
+        # tenth of the typical squared gap between neighbouring support records.
+        spacing = np.asarray(self.neighbour_spacing, np.float64)
+        temperature = max(float(np.median(spacing[spacing > 0] ** 2)) / 10.0
+                          if (spacing > 0).any() else 1.0, 1e-12)
+
+        def memory_logits(x: tf.Tensor) -> tf.Tensor:
+            if self.algorithm == "knn":
+                represented = tf.reshape(tf.cast(x, tf.float32), [-1, keys.shape[1]])
+            else:
+                represented = self.learner.project_tensor(x)
+            scores = -_tf_squared_distances(represented, keys) / temperature
+            return tf.stack([tf.reduce_logsumexp(scores[:, a:b], axis=1) for a, b in bounds],
+                            axis=1)
+
+        return memory_logits
 
     def neighbours(self, embeddings: np.ndarray, k: int, *,
                    exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -435,6 +505,13 @@ def _representation(algorithm: str, learner: Any, x: np.ndarray, *, adapted: Any
     if algorithm == "memory":
         return np.asarray(learner.project(x), dtype=np.float32)
     return np.asarray(learner.embed(x), dtype=np.float32)
+
+
+def _tf_squared_distances(a: Any, b: Any) -> Any:
+    import tensorflow as tf
+
+    return (tf.reduce_sum(tf.square(a), axis=1)[:, None] - 2.0 * tf.matmul(a, b, transpose_b=True)
+            + tf.reduce_sum(tf.square(b), axis=1)[None, :])
 
 
 def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:

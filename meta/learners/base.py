@@ -194,6 +194,9 @@ class EpisodicLearner(ABC):
         self._steps: dict[tuple[str, int], Any] = {}
         input_spec = tf.TensorSpec([None, *encoder_spec.input_shape], tf.float32)
         self._embed_fn = tf.function(self._embed_tensor, input_signature=[input_spec])
+        self._layers_fn = tf.function(
+            lambda x: self.encoder.forward_layers(self._encoder_params(), x),
+            input_signature=[input_spec])
 
     # -- what subclasses provide -------------------------------------------------------------
     def hyperparameters(self) -> dict[str, Any]:
@@ -236,11 +239,24 @@ class EpisodicLearner(ABC):
     def _encoder_params(self) -> list[tf.Tensor]:
         return [self._variables[f"encoder/{name}"] for name in self.encoder.param_names]
 
+    def encoder_params(self) -> list[tf.Tensor]:
+        """The encoder's weights, for differentiating through it (attacks, detectors)."""
+        return self._encoder_params()
+
     def _embed_tensor(self, x: tf.Tensor) -> tf.Tensor:
         return self.encoder.forward(self._encoder_params(), x)
 
     def embed(self, x: np.ndarray) -> np.ndarray:
-        return self._embed_fn(tf.convert_to_tensor(np.asarray(x, np.float32))).numpy()
+        return self._embed_fn(self._inputs(x)).numpy()
+
+    def layers(self, x: np.ndarray) -> list[np.ndarray]:
+        """Every encoder block's output, then the embedding (see ``Encoder.forward_layers``)."""
+        return [layer.numpy() for layer in self._layers_fn(self._inputs(x))]
+
+    def _inputs(self, x: np.ndarray) -> tf.Tensor:
+        """Records as the encoder's input shape (flat encoded tensor features are reshaped)."""
+        return tf.convert_to_tensor(
+            np.asarray(x, np.float32).reshape(-1, *self.encoder_spec.input_shape))
 
     @property
     def trainable_variables(self) -> list[tf.Variable]:

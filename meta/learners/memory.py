@@ -116,12 +116,20 @@ class MemoryLearner(EpisodicLearner):
         return tf.matmul(embedded, self._variables["memory/projection"])
 
     def _project(self, x: np.ndarray) -> np.ndarray:
-        projected = self._project_fn(tf.convert_to_tensor(np.asarray(x, np.float32)))
+        projected = self._project_fn(self._inputs(x))
         return projected.numpy().astype(np.float64)
 
     def project(self, x: np.ndarray) -> np.ndarray:
         """Memory keys of ``x``: the space the reader compares records in."""
         return self._project(x)
+
+    def project_tensor(self, x: tf.Tensor) -> tf.Tensor:
+        """:meth:`project` on a tensor, differentiable (gradient attacks go through it)."""
+        return self._project_tensor(x)
+
+    def keys_of(self, embeddings: np.ndarray) -> np.ndarray:
+        """Memory keys of already computed encoder embeddings (no second forward pass)."""
+        return np.asarray(embeddings, np.float32) @ self._variables["memory/projection"].numpy()
 
     @property
     def temperature(self) -> float:

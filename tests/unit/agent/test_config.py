@@ -212,7 +212,8 @@ def test_detector_entries_are_checked_by_their_own_type(write_config: Callable[.
         load_config(path, need_token=False)
     errors = "\n".join(caught.value.errors)
     assert "detectors[0].window:" in errors
-    assert "unknown type (got 'mmd', expected one of classifier, feature_drift, " in errors
+    assert "unknown type (got 'mmd', expected one of activation_clustering, adversarial, " \
+        "classifier, feature_drift, " in errors
 
 
 def test_the_classifier_needs_the_model_and_the_model_needs_labels(
