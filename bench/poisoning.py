@@ -240,17 +240,18 @@ def plot(results: dict[str, Any], path: Path) -> None:
                 points.append((f"ART {row['detector']} {row['setting']} ({size})", row, "x"))
     for name, row in results["nsl_kdd_label_flips"]["detectors"].items():
         points.append((f"MetaSentry {name} (NSL-KDD flips)", row, "s"))
-    figure, axis = plt.subplots(figsize=(8, 5))
-    for label, row, marker in points:
+    figure, axis = plt.subplots(figsize=(12, 6))
+    colours = plt.get_cmap("tab20").colors
+    for k, (label, row, marker) in enumerate(points):
         axis.scatter(row.get("recall") or 0.0, row.get("precision") or 0.0, marker=marker,
-                     label=label)
+                     label=label, color=colours[k % len(colours)], s=40)
     axis.set_xlabel("recall of planted records")
     axis.set_ylabel("precision")
     axis.set_xlim(-0.02, 1.02)
     axis.set_ylim(-0.02, 1.02)
     axis.axvline(0.9, color="grey", lw=0.5)
     axis.axhline(0.9, color="grey", lw=0.5)
-    axis.legend(fontsize=6, loc="lower left")
+    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     axis.set_title("Finding planted records (goal: upper right of the grey lines)")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
