@@ -35,18 +35,32 @@ def main() -> None:
 @main.command("check-config")
 @click.argument("config_path", type=click.Path(path_type=Path, dir_okay=False))
 def check_config(config_path: Path) -> None:
-    """Validate CONFIG_PATH; print every error (exit 2) or a redacted summary (exit 0)."""
+    """Validate CONFIG_PATH and check its schema against the data files; print every error
+    (exit 2) or a redacted summary (exit 0)."""
+    from agent.data_check import data_errors
+
     try:
-        config = load_config(config_path)
+        config = load_config(config_path, need_token=False)
+        errors = data_errors(config)
     except ConfigError as exc:
-        for line in exc.errors:
+        errors = exc.errors
+    if errors:
+        for line in errors:
             click.echo(f"error: {line}", err=True)
-        click.echo(f"{len(exc.errors)} error(s) in {config_path}", err=True)
+        click.echo(f"{len(errors)} error(s) in {config_path}", err=True)
         sys.exit(EXIT_CONFIG)
     click.echo(f"{config_path}: valid (sha256 {config.sha256[:12]})")
-    for note in config.notes:
+    for note in [*config.notes, *_token_warning(config)]:
         click.echo(f"warning: {note}", err=True)
     emit_json(config.redacted_summary())
+
+
+def _token_warning(config: Any) -> list[str]:
+    """The API token is needed to serve the API (`run`), not to check or replay."""
+    if config.api.enabled and not config.api_token():
+        return [f"api.token_env: environment variable {config.api.token_env} is not set; "
+                "`metasentry run` will refuse to start with the API enabled"]
+    return []
 
 
 @main.command()
@@ -90,6 +104,8 @@ def replay(config_path: Path, limit: int | None, as_json: bool, source_name: str
     from agent.replay import replay_file
 
     config = load_or_exit(config_path)
+    for note in _token_warning(config):
+        click.echo(f"warning: {note}", err=True)
     with _startup_errors():
         summary = replay_file(config, path, limit=limit, source_name=source_name,
                               progress=sys.stderr.isatty() and not as_json, tune_gc=True)

@@ -60,12 +60,19 @@ class _Model(BaseModel):
 class FeatureSpec(_Model):
     """One input feature. The encoder turns each into one or more float32 columns."""
 
+    # `map:` in YAML; saved encoder states name it `values_map` (model_dump), and both load.
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
     name: str = Field(min_length=1)
     type: Literal["numeric", "categorical", "boolean", "tensor"]
     transform: Literal["none", "log1p"] = "none"
     scale: Literal["standard", "minmax", "none"] = "standard"
     shape: tuple[int, ...] | None = None
     max_categories: int = Field(default=1000, gt=0)
+    # Cleaning before the value is read: surrounding whitespace removed (`strip: true`), then
+    # values renamed (`map: {high: 1, low: 0}`); a value the map does not name is kept.
+    strip: bool = False
+    values_map: dict[str, str | int | float | bool] | None = Field(default=None, alias="map")
 
     @model_validator(mode="after")
     def _shape_only_for_tensors(self) -> FeatureSpec:
@@ -76,6 +83,8 @@ class FeatureSpec(_Model):
             raise ValueError("`shape:` applies only to tensor features")
         if self.transform == "log1p" and self.type not in ("numeric", "tensor"):
             raise ValueError("`transform: log1p` applies only to numeric and tensor features")
+        if self.type == "tensor" and (self.values_map or self.strip):
+            raise ValueError("`map:` and `strip:` apply to scalar features, not tensors")
         return self
 
 

@@ -45,6 +45,7 @@ class IncidentPolicy:
             rejected=bool(report.rejected),
             features=details["features"],
             top_features=list(report.top_features),
+            window_span=None if span is None else dict(span),
         )
         if not report.rejected:
             return stored, None

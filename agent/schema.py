@@ -26,8 +26,8 @@ from agent.config import FeatureSpec, SchemaConfig
 from detectors.base import FeatureBatch, TensorLayout
 
 _MISSING = object()
-_TRUE = frozenset({"true", "1", "yes", "y", "t"})
-_FALSE = frozenset({"false", "0", "no", "n", "f"})
+_TRUE = frozenset({"true", "1", "yes", "y", "t", "on"})
+_FALSE = frozenset({"false", "0", "no", "n", "f", "off"})
 _NUMBER_TYPES = frozenset({int, float})
 STATE_VERSION = 1
 
@@ -149,7 +149,8 @@ class Encoder:
             raise ValueError("cannot fit the encoder on zero reference records")
         fitted = _Fitted()
         ok = np.ones(len(records), dtype=bool)
-        raw = _columns(records, [f.name for f in self.schema.features])
+        raw = _cleaned(self.schema.features,
+                       _columns(records, [f.name for f in self.schema.features]))
         columns: dict[str, np.ndarray] = {}
         for spec in self._by_type("numeric", "tensor"):
             values, bad = self._numeric_column(spec, raw[spec.name], textual)
@@ -188,7 +189,8 @@ class Encoder:
         """Encode a batch; records that fail any feature are reported, not encoded."""
         fitted = self._require_fitted()
         n = len(records)
-        columns = _columns(records, [f.name for f in self.schema.features])
+        columns = _cleaned(self.schema.features,
+                           _columns(records, [f.name for f in self.schema.features]))
         reasons = np.full(n, "", dtype=object)
         details = np.full(n, "", dtype=object)
 
@@ -323,12 +325,55 @@ class Encoder:
         return encoder
 
 
+def value_errors(spec: FeatureSpec, records: Sequence[Mapping[str, Any]], textual: bool
+                 ) -> list[tuple[str, Any]]:
+    """Why each record's ``spec`` field cannot be encoded: (reason text, the raw value), or
+    ``("", value)`` where it can. What ``check-config`` reports against the data files."""
+    raw = _cleaned([spec], _columns(records, [spec.name]))[spec.name]
+    if spec.type == "numeric":
+        _, bad = _to_float(raw, textual)
+    elif spec.type == "tensor":
+        _, bad = Encoder._tensor_column(spec, raw)
+    elif spec.type == "categorical":
+        _, bad = _category_column(raw, textual)
+    else:
+        _, bad = _boolean_column(raw)
+    expected = {"numeric": "not a number", "categorical": "not text or an integer",
+                "boolean": "not a boolean (true/false, yes/no, on/off, 1/0)",
+                "tensor": f"not a nested list of numbers of shape {list(spec.shape or ())}"}
+    text = {**_REASON_TEXT, "wrong_type": expected[spec.type]}
+    return [(text[b] if b else "", None if v is _MISSING else v)
+            for b, v in zip(bad, raw, strict=True)]
+
+
 _REASON_TEXT = {
     "missing_field": "field is missing",
     "wrong_type": "wrong type",
     "non_finite": "value is NaN or infinite",
     "bad_shape": "tensor has the wrong shape",
 }
+
+
+def _cleaned(specs: Sequence[FeatureSpec], columns: dict[str, Sequence[Any]]
+             ) -> dict[str, Sequence[Any]]:
+    """Columns with each feature's ``strip:`` and ``map:`` applied (others untouched)."""
+    out = dict(columns)
+    for spec in specs:
+        if not spec.strip and not spec.values_map:
+            continue
+        mapping = spec.values_map or {}
+        if spec.type == "categorical":  # categories are names, whatever the map says
+            mapping = {k: str(v) for k, v in mapping.items()}
+        values = []
+        for value in columns[spec.name]:
+            if spec.strip and isinstance(value, str):
+                value = value.strip()
+            if mapping and isinstance(value, str | int | float | bool) and value is not _MISSING:
+                value = mapping.get(str(value).lower() if isinstance(value, bool)
+                                    else str(value), value)
+            values.append(value)
+        out[spec.name] = values
+    return out
 
 
 def _columns(records: Sequence[Mapping[str, Any]], names: list[str]) -> dict[str, Sequence[Any]]:

@@ -232,6 +232,7 @@ class DriftReportRecord(Base):
     rejected: Mapped[bool] = mapped_column(Boolean)
     features: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     top_features: Mapped[list[str]] = mapped_column(JSON)
+    window_span: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class ModelVersionRow(Base):

@@ -187,6 +187,9 @@ class NewDriftReport:
     features: Sequence[Mapping[str, Any]]
     top_features: Sequence[str]
     created_at: datetime | None = None
+    # Which records the window held: first and last offset key, and first and last id and
+    # timestamp when the schema names those fields.
+    window_span: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         require_text("source", self.source, MAX_SOURCE_CHARS)
@@ -311,6 +314,7 @@ class DriftReportRow:
     rejected: bool
     features: list[dict[str, Any]]
     top_features: list[str]
+    window_span: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return _as_json_ready(self)

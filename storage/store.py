@@ -166,6 +166,7 @@ def _drift_report_values(report: NewDriftReport, now: datetime) -> dict[str, Any
         "rejected": report.rejected,
         "features": [dict(feature) for feature in report.features],
         "top_features": list(report.top_features),
+        "window_span": None if report.window_span is None else dict(report.window_span),
     }
 
 

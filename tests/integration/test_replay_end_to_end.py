@@ -142,3 +142,43 @@ def test_drift_incident_names_its_window_by_id_and_time(tmp_path: Path) -> None:
                  if i.explanation["window"]["last_id"] == "r599").explanation["window"]
     assert first["first_id"] == "r400" and first["first_time"] == "t00400"
     assert first["last_time"] == "t00599"
+
+
+def test_the_tail_of_a_replay_is_tested_once_and_a_rerun_adds_nothing(
+        write_config: Callable[..., Path], tmp_path: Path) -> None:
+    import gzip
+
+    with gzip.open(SAMPLE / "stream.csv.gz", "rt") as handle:
+        lines = [next(handle) for _ in range(2500)]
+    stream = tmp_path / "tail.csv"
+    stream.write_text("".join(lines))
+    config_path = write_config()
+
+    def replay() -> dict[str, object]:
+        result = CliRunner().invoke(main, ["replay", "--config", str(config_path), "--json",
+                                           str(stream)])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    first = replay()
+    assert first["windows_tested"] == 3  # two full windows of 1,000 and the last 500 records
+    again = replay()
+    assert again["records"] == 0 and again["windows_tested"] == 0
+    store = Store(load_config(config_path, need_token=False).storage_url())
+    assert len(store.list_drift_reports(limit=100)) == 3
+
+
+def test_drift_reports_name_the_records_of_their_window(write_config: Callable[..., Path]
+                                                        ) -> None:
+    config_path = write_config()
+    result = CliRunner().invoke(main, ["replay", "--config", str(config_path), "--limit",
+                                       "2000", str(SAMPLE / "stream.csv.gz")])
+    assert result.exit_code == 0, result.output
+    store = Store(load_config(config_path, need_token=False).storage_url())
+    reports = sorted(store.list_drift_reports(limit=10), key=lambda r: r.id)
+    assert reports and all(r.window_span for r in reports)
+    first, second = reports[0].window_span, reports[1].window_span
+    assert first is not None and second is not None
+    assert first["last_offset"] == reports[0].window_end_key
+    assert second["last_offset"] == reports[1].window_end_key
+    assert first["first_offset"] != second["first_offset"]

@@ -92,8 +92,14 @@ def test_missing_secret_in_environment(write_config: Callable[..., Path],
                            "storage.url": "postgresql+psycopg://u:${PGPASS_FOR_TEST}@h/db"})
     code, out = _check(path, env={})
     assert code == 2
-    assert "api.token_env: environment variable METASENTRY_API_TOKEN is not set" in out
     assert "storage.url: environment variable PGPASS_FOR_TEST is not set" in out
+    # The API token is needed to serve the API: `run` refuses to start without it, while
+    # check-config and replay, which serve nothing, only warn.
+    code, out = _check(write_config("token.yaml", **{"api.enabled": True}), env={})
+    assert code == 0, out
+    assert "warning: api.token_env: environment variable METASENTRY_API_TOKEN is not set" in out
+    with pytest.raises(ConfigError, match="api.token_env"):
+        load_config(write_config("token2.yaml", **{"api.enabled": True}), need_token=True)
 
 
 def test_unknown_source_type_and_duplicate_names() -> None:
