@@ -348,7 +348,9 @@ class DriftReport:
     ``statistic`` is the largest per-feature ``effect_size`` (KS distance or total-variation
     distance, both in ``[0, 1]``), chosen over the raw test statistics because KS distances and
     chi-squared values are not comparable across features. ``p_value`` is the smallest
-    multiplicity-adjusted p-value, so ``rejected`` is ``p_value <= alpha``. ``records_seen`` is the
+    multiplicity-adjusted p-value among the features that moved at least the detector's effect
+    floor (1.0 when none did; without a floor, among all features), so ``rejected`` is
+    ``p_value <= alpha``. ``records_seen`` is the
     number of records the detector had received since it was fitted when the window was tested,
     which places the window in the stream.
     """

@@ -8,11 +8,12 @@ counts, category counts), so a window test never touches the reference records a
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import threading
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -364,6 +365,11 @@ class FeatureDriftConfig(DetectorConfig):
     correction: Literal["bh", "bonferroni"] = "bh"
     top_k: int = Field(default=5, gt=0)
     min_window: int = Field(default=100, gt=0)
+    # Effect-size floor (KS distance for numeric features, total-variation distance for
+    # categorical ones, both in [0, 1]): globally, and per feature by name.
+    min_effect: float = Field(default=0.0, ge=0, le=1)
+    min_effect_by_feature: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=dict)
 
     @model_validator(mode="after")
     def _min_window_fits(self) -> FeatureDriftConfig:
@@ -441,6 +447,8 @@ class FeatureDriftDetector:
         correction: Correction = "bh",
         top_k: int = 5,
         min_window: int = 100,
+        min_effect: float = 0.0,
+        min_effect_by_feature: dict[str, float] | None = None,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty string, got {name!r}.")
@@ -461,7 +469,16 @@ class FeatureDriftDetector:
                 f"min_window must not exceed window (got min_window={min_window}, "
                 f"window={window}); lower min_window as well."
             )
+        floors = {"min_effect": min_effect, **(min_effect_by_feature or {})}
+        for label, floor in floors.items():
+            if isinstance(floor, bool) or not isinstance(floor, int | float) or not (
+                    0.0 <= floor <= 1.0):
+                raise ValueError(f"effect floors are numbers in [0, 1] (KS or total-variation "
+                                 f"distance), got {label}={floor!r}.")
         self.name = name
+        self.min_effect = float(min_effect)
+        self.min_effect_by_feature = {str(k): float(v)
+                                      for k, v in (min_effect_by_feature or {}).items()}
         self.window = int(window)
         self.step = int(step) if step is not None else int(window)
         self.alpha = float(alpha)
@@ -488,7 +505,9 @@ class FeatureDriftDetector:
         """Build from a ``detectors:`` entry and fit on the context's reference."""
         detector = cls(config.resolved_name(), window=config.window, step=config.step,
                        alpha=config.alpha, correction=config.correction, top_k=config.top_k,
-                       min_window=min(config.min_window, config.window))
+                       min_window=min(config.min_window, config.window),
+                       min_effect=config.min_effect,
+                       min_effect_by_feature=dict(config.min_effect_by_feature))
         detector.fit(context.reference)
         return detector
 
@@ -506,6 +525,8 @@ class FeatureDriftDetector:
                 "top_k": 3,
                 "min_window": 50,
             },
+            {"name": "feature_drift_floor", "window": 400, "min_effect": 0.1,
+             "min_effect_by_feature": {"score": 0.2}},
         ]
 
     @classmethod
@@ -523,6 +544,9 @@ class FeatureDriftDetector:
             {"top_k": 0},
             {"min_window": 0},
             {"window": 50, "min_window": 100},
+            {"min_effect": 1.5},
+            {"min_effect": -0.1},
+            {"min_effect_by_feature": {"score": "big"}},
         ]
 
     def get_params(self) -> dict[str, Any]:
@@ -535,6 +559,8 @@ class FeatureDriftDetector:
             "correction": self.correction,
             "top_k": self.top_k,
             "min_window": self.min_window,
+            "min_effect": self.min_effect,
+            "min_effect_by_feature": dict(self.min_effect_by_feature),
         }
 
     def __repr__(self) -> str:
@@ -654,7 +680,7 @@ class FeatureDriftDetector:
             }
             for key, value in self.get_params().items():
                 if key != "name":
-                    state[f"params.{key}"] = np.asarray(value)
+                    state[f"params.{key}"] = np.asarray(_param_state(value))
             for prefix, part in (
                 ("schema", self._schema.to_state()),
                 ("numeric_reference", self._numeric_reference.to_state()),
@@ -670,8 +696,11 @@ class FeatureDriftDetector:
                 f"Unsupported state format {int(state['format_version'])}; "
                 f"this version reads format {_STATE_FORMAT_VERSION}."
             )
-        saved = {key: state[f"params.{key}"].item() for key in self.get_params() if key != "name"}
-        current = {key: value for key, value in self.get_params().items() if key != "name"}
+        current = {key: _param_state(value) for key, value in self.get_params().items()
+                   if key != "name"}
+        # A state saved before a parameter existed was saved with its default.
+        saved = {key: state[f"params.{key}"].item() if f"params.{key}" in state
+                 else current[key] for key in current}
         if saved != current:
             raise ValueError(f"The state was saved with parameters {saved}, not {current}.")
 
@@ -783,8 +812,14 @@ class FeatureDriftDetector:
             )
         p_values = np.concatenate([ks_p_values, [result.p_value for result in chi2_results]])
         adjusted = adjust_p_values(p_values, self.correction)
-        rejected = adjusted <= self.alpha
         effect_sizes = np.concatenate([ks_statistics, total_variation])
+        # Practical significance: a feature counts only when it moved at least its effect
+        # floor, so a real but tiny shift on a large window pages nobody.
+        names = (*self._schema.numeric_names, *self._schema.categorical_names)
+        floors = np.array([self.min_effect_by_feature.get(name, self.min_effect)
+                           for name in names])
+        large_enough = effect_sizes >= floors
+        rejected = (adjusted <= self.alpha) & large_enough
 
         features: list[FeatureTest] = []
         window_mean = numeric.mean(axis=0) if n_window else np.zeros(ks_statistics.size)
@@ -833,7 +868,7 @@ class FeatureDriftDetector:
             alpha=self.alpha,
             correction=self.correction,
             statistic=float(effect_sizes.max()),
-            p_value=float(adjusted.min()),
+            p_value=float(adjusted[large_enough].min()) if large_enough.any() else 1.0,
             rejected=bool(rejected.any()),
             features=tuple(features),
             top_features=top_features,
@@ -881,6 +916,11 @@ def _categorical_feature_test(
         reference_new_category_fraction=float(reference_share[-1]),
         category_shifts=shifts,
     )
+
+
+def _param_state(value: Any) -> Any:
+    """A hyperparameter as a state array can hold it (mappings as canonical JSON text)."""
+    return json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
 
 
 def _is_int(value: object) -> bool:

@@ -61,6 +61,8 @@ class TestHyperparameters:
             "correction": "bh",
             "top_k": 5,
             "min_window": 100,
+            "min_effect": 0.0,
+            "min_effect_by_feature": {},
         }
         assert FeatureDriftDetector(window=300, min_window=10).step == 300
         assert repr(detector).startswith("FeatureDriftDetector(name='feature_drift', window=1000")
@@ -353,3 +355,44 @@ def test_a_41_feature_window_flags_a_broad_shift() -> None:
     for window in (stationary, drifted):
         (report,) = detector.update(window)
     assert sum(f.rejected for f in report.features) >= 30
+
+
+class TestEffectFloor:
+    """Practical significance: a real but tiny shift on a large window pages nobody."""
+
+    def test_a_tiny_significant_shift_is_not_drift_above_the_floor(self) -> None:
+        rng = np.random.default_rng(5)
+        reference = rng.normal(0.0, 1.0, (20_000, 1))
+        window = rng.normal(0.08, 1.0, (20_000, 1))  # significant at n=20,000, KS ~0.03
+
+        def report(**floor: Any) -> Any:
+            detector = FeatureDriftDetector(window=20_000, min_window=10, **floor)
+            detector.fit(_numeric_batch(reference))
+            [result] = detector.update(_numeric_batch(window))
+            return result
+
+        assert report().rejected
+        floored = report(min_effect=0.05)
+        assert not floored.rejected and floored.p_value == 1.0
+        assert not floored.features[0].rejected
+        per_feature = report(min_effect=0.5, min_effect_by_feature={"x": 0.01})
+        assert per_feature.rejected and per_feature.top_features == ("x",)
+        assert per_feature.p_value <= 0.01
+
+    def test_the_floor_survives_a_state_round_trip(self) -> None:
+        rng = np.random.default_rng(6)
+        detector = FeatureDriftDetector(window=100, min_window=10,
+                                        min_effect_by_feature={"x": 0.2})
+        detector.fit(_numeric_batch(rng.normal(size=(500, 1))))
+        other = FeatureDriftDetector(window=100, min_window=10,
+                                     min_effect_by_feature={"x": 0.2})
+        other.load_state(detector.state_dict())
+        changed = FeatureDriftDetector(window=100, min_window=10,
+                                       min_effect_by_feature={"x": 0.3})
+        with pytest.raises(ValueError, match="saved with parameters"):
+            changed.load_state(detector.state_dict())
+
+
+def _numeric_batch(x: np.ndarray) -> FeatureBatch:
+    return FeatureBatch(numeric=x, numeric_names=("x",), categorical=np.zeros((len(x), 0)),
+                        categorical_names=(), categorical_vocab=(), encoded=np.zeros((len(x), 0)))
