@@ -128,6 +128,12 @@ def mnist_backdoor(poisons: str, *, quick: bool, seed: int,
             progress(f"  MetaSentry {detector.name} on the {representation}: recall "
                      f"{row['recall']:.2f}, precision {row['precision'] or 0:.2f} "
                      f"({row['flagged']} flagged)")
+    # Neighbours from the clean reference only: earlier poisons in the stream cannot vote.
+    detector = LabelConsistencyDetector(alpha=ALPHA, window=0, representation="embeddings",
+                                        model=_Handle(own_view))
+    detector.fit(reference)
+    result["detectors"]["label_consistency, window 0 (agent's own model)"] = run_stream(
+        detector, poisoned.x, labels, planted, own_view.embed)
     detector = LabelConsistencyDetector(alpha=ALPHA)  # raw pixels, no model
     detector.fit(reference)
     result["detectors"]["label_consistency (raw pixels)"] = run_stream(
