@@ -9,8 +9,8 @@ project's) must see the same images in the same roles, so the split is decided h
   ``BinaryInputDetector`` also trains on adversarial versions of them);
 - **test** (3,000): clean images and their adversarial versions, scored by every detector.
 
-These are the sizes ART was measured on in the benchmark issue ("MNIST t10k split 5,000 train /
-2,000 detector / 3,000 test"). Each digit is divided in the same proportions (largest-remainder
+These are the sizes of an earlier measurement of ART on this kind of machine, so the figures
+compare. Each digit is divided in the same proportions (largest-remainder
 rounding, so the parts hold exactly 5,000 / 2,000 / 3,000), which images land where depends only
 on ``seed``, and each part is shuffled so that a stream made from it is not sorted by digit.
 

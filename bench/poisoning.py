@@ -6,7 +6,7 @@ run). Two poisonings, each scored as recall and precision of the planted records
 * **MNIST backdoor** (BadNets-style, dirty label): a 4-pixel trigger in the bottom-right corner
   (ART's ``add_pattern_bd``) stamped on images of other digits, relabelled to 7, replacing them
   in the 5,000-image training part of bench/mnist_data.py. Two sizes: 5 % of the final class 7
-  (the issue's goal) and 250 images (ART's notebook). The CNN of bench/mnist_cnn.py is trained
+  (the goal) and 250 images (ART's notebook). The CNN of bench/mnist_cnn.py is trained
   on the poisoned set (the trigger's success rate on test images says whether the backdoor took
   hold). MetaSentry's ``spectral_signature``, ``activation_clustering`` and
   ``label_consistency`` detectors see the training set as a labelled stream (batches of 500,
