@@ -43,8 +43,10 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
+from detectors._distances import squared_distances
 from detectors.base import (
     DetectorConfig,
+    DetectorContext,
     FeatureBatch,
     ModelHandle,
     Verdict,
@@ -278,7 +280,9 @@ class PoisoningConfig(DetectorConfig):
 
 
 class WindowedPoisoningDetector:
-    """Base of the poisoning detectors; subclasses set ``method`` and ``_components``."""
+    """Base of the poisoning detectors: a subclass names its ``method`` and passes how many
+    directions its class split uses (``components``: 1 for the spectral signature, the
+    reduced dimension for activation clustering)."""
 
     family: ClassVar[Literal["labelled"]] = "labelled"
     kind: ClassVar[str] = "poisoning"
@@ -288,7 +292,7 @@ class WindowedPoisoningDetector:
 
     def __init__(self, name: str, *, alpha: float, window: int, stride: int,
                  min_class_records: int, calibration_runs: int, max_reference: int,
-                 model: ModelHandle | None = None) -> None:
+                 components: int, model: ModelHandle | None = None) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError("name must be a non-empty string.")
         if isinstance(alpha, bool) or not isinstance(alpha, float) or not 0.0 < alpha < 1.0:
@@ -310,6 +314,7 @@ class WindowedPoisoningDetector:
         self.calibration_runs = calibration_runs
         self.max_reference = max_reference
         self.model = model
+        self._components = components
         self._schema: tuple[tuple[str, ...], tuple[str, ...]] | None = None
         self._reference_encoded = np.zeros((0, 0), np.float32)
         self._reference_labels = np.zeros(0, dtype=object)
@@ -335,9 +340,20 @@ class WindowedPoisoningDetector:
     def is_fitted(self) -> bool:
         return self._schema is not None
 
-    @property
-    def _components(self) -> int:
-        raise NotImplementedError
+    @classmethod
+    def from_config(cls, config: PoisoningConfig, context: DetectorContext) -> Any:
+        """Built from its ``detectors:`` entry (every field but type/name/enabled is a
+        constructor argument) and fitted on the context's reference."""
+        params = config.model_dump(exclude={"type", "name", "enabled"})
+        detector = cls(config.resolved_name(), model=context.model, **params)
+        detector.fit(context.reference)
+        return detector
+
+    @classmethod
+    def invalid_params(cls) -> list[dict[str, Any]]:
+        return [{"name": ""}, {"alpha": 0.0}, {"alpha": 1.5}, {"window": 5}, {"stride": 0},
+                {"min_class_records": 5}, {"window": 20, "min_class_records": 30},
+                {"calibration_runs": 2}, {"max_reference": 10}]
 
     # --- the labelled-data protocol ---------------------------------------------------------
 
@@ -425,7 +441,7 @@ class WindowedPoisoningDetector:
         rows = np.asarray(indices, dtype=np.int64)
         x = self._represent(batch, model)[rows]
         labels = batch.labels if batch.labels is not None else np.full(len(batch), None)
-        squared = _squared_distances(x, reference.x)
+        squared = squared_distances(x, reference.x)
         out: list[dict[str, Any]] = []
         for i, row in enumerate(rows):
             label = labels[row]
@@ -617,11 +633,6 @@ def _build_reference(x: np.ndarray, y: np.ndarray) -> _Reference:
 def _distinct(labels: np.ndarray) -> list[Any]:
     """The distinct labels in order of first appearance (labels may mix types)."""
     return list(dict.fromkeys(labels.tolist()))
-
-
-def _squared_distances(x: np.ndarray, memory: np.ndarray) -> np.ndarray:
-    return np.maximum((x * x).sum(1)[:, None] - 2.0 * x @ memory.T
-                      + (memory * memory).sum(1)[None, :], 0.0)
 
 
 def _nearest(squared: np.ndarray, labels: np.ndarray, label: Any) -> dict[str, Any]:

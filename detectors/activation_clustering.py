@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from detectors._poisoning import PoisoningConfig, WindowedPoisoningDetector
-from detectors.base import DetectorContext, ModelHandle
+from detectors.base import ModelHandle
 
 __all__ = ["ActivationClusteringConfig", "ActivationClusteringDetector"]
 
@@ -96,26 +96,11 @@ class ActivationClusteringDetector(WindowedPoisoningDetector):
         super().__init__(name, alpha=alpha, window=window, stride=stride,
                          min_class_records=min_class_records,
                          calibration_runs=calibration_runs, max_reference=max_reference,
-                         model=model)
+                         components=n_components, model=model)
         self.n_components = n_components
-
-    @property
-    def _components(self) -> int:
-        return self.n_components
 
     def get_params(self) -> dict[str, Any]:
         return {**super().get_params(), "n_components": self.n_components}
-
-    @classmethod
-    def from_config(cls, config: ActivationClusteringConfig, context: DetectorContext
-                    ) -> ActivationClusteringDetector:
-        detector = cls(config.resolved_name(), alpha=config.alpha, window=config.window,
-                       stride=config.stride, min_class_records=config.min_class_records,
-                       n_components=config.n_components,
-                       calibration_runs=config.calibration_runs,
-                       max_reference=config.max_reference, model=context.model)
-        detector.fit(context.reference)
-        return detector
 
     @classmethod
     def example_params(cls) -> list[dict[str, Any]]:
@@ -126,6 +111,4 @@ class ActivationClusteringDetector(WindowedPoisoningDetector):
 
     @classmethod
     def invalid_params(cls) -> list[dict[str, Any]]:
-        return [{"name": ""}, {"alpha": 0.0}, {"alpha": 1.5}, {"window": 5}, {"stride": 0},
-                {"min_class_records": 5}, {"window": 20, "min_class_records": 30},
-                {"n_components": 1}, {"calibration_runs": 2}, {"max_reference": 10}]
+        return [*super().invalid_params(), {"n_components": 1}]

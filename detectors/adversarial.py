@@ -49,6 +49,7 @@ from pydantic import Field
 from scipy import ndimage
 
 from detectors._conformal import Calibration, CombineRule
+from detectors._distances import distances
 from detectors.base import (
     DetectorConfig,
     DetectorContext,
@@ -338,7 +339,7 @@ class AdversarialDetector:
         scores, predicted = self._component_scores(model, fitted, encoded, layers=layers)
         p_values = fitted.calibration.component_p_values(scores)
         combined, _ = fitted.calibration.combine(scores)
-        distance = _distances(layers[-1], fitted.fit_keys)
+        distance = distances(layers[-1], fitted.fit_keys)
         k = min(self.explain_neighbours, fitted.fit_keys.shape[0])
         nearest = np.argsort(distance, axis=1, kind="stable")[:, :k]
         out = []
@@ -417,7 +418,7 @@ class AdversarialDetector:
         if layers is None:
             layers = _layers(model, encoded)
         last = layers[-1]
-        centre_distance = _distances(last, fitted.centres)
+        centre_distance = distances(last, fitted.centres)
         predicted = fitted.class_names[centre_distance.argmin(axis=1)]
         knn: np.ndarray | None = None
         columns = []
@@ -512,13 +513,6 @@ def _class_centres(keys: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, n
     labels = classes.astype(str)
     centres = np.stack([keys[labels == c].mean(axis=0) for c in names])
     return names.astype(object), centres
-
-
-def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    squared = (a * a).sum(1)[:, None] - 2.0 * a @ b.T + (b * b).sum(1)[None, :]
-    return np.sqrt(np.maximum(squared, 0.0))
 
 
 def _nearest_distances(query: np.ndarray, memory: np.ndarray, k: int) -> np.ndarray:

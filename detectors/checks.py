@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from detectors._distances import distances
 from detectors.base import (
     DetectorContext,
     DriftReport,
@@ -536,9 +537,7 @@ class NearestLabelModel:
         return index, np.take_along_axis(distance, index, axis=1)
 
     def _distances(self, x: np.ndarray) -> np.ndarray:
-        squared = ((x * x).sum(1)[:, None] - 2.0 * x @ self._x.T
-                   + (self._x * self._x).sum(1)[None, :])
-        return np.sqrt(np.maximum(squared, 0.0))
+        return distances(x, self._x)
 
 
 def _default_model_factory(reference: FeatureBatch) -> NearestLabelModel:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 from detectors._poisoning import PoisoningConfig, WindowedPoisoningDetector
-from detectors.base import DetectorContext, ModelHandle
+from detectors.base import ModelHandle
 
 __all__ = ["SpectralSignatureConfig", "SpectralSignatureDetector"]
 
@@ -87,30 +87,10 @@ class SpectralSignatureDetector(WindowedPoisoningDetector):
         super().__init__(name, alpha=alpha, window=window, stride=stride,
                          min_class_records=min_class_records,
                          calibration_runs=calibration_runs, max_reference=max_reference,
-                         model=model)
-
-    @property
-    def _components(self) -> int:
-        return 1
-
-    @classmethod
-    def from_config(cls, config: SpectralSignatureConfig, context: DetectorContext
-                    ) -> SpectralSignatureDetector:
-        detector = cls(config.resolved_name(), alpha=config.alpha, window=config.window,
-                       stride=config.stride, min_class_records=config.min_class_records,
-                       calibration_runs=config.calibration_runs,
-                       max_reference=config.max_reference, model=context.model)
-        detector.fit(context.reference)
-        return detector
+                         components=1, model=model)
 
     @classmethod
     def example_params(cls) -> list[dict[str, Any]]:
         return [{"name": "spectral_signature", "alpha": 0.01},
                 {"name": "spectral_signature_short", "alpha": 0.05, "window": 300,
                  "stride": 50, "min_class_records": 20, "calibration_runs": 10}]
-
-    @classmethod
-    def invalid_params(cls) -> list[dict[str, Any]]:
-        return [{"name": ""}, {"alpha": 0.0}, {"alpha": 1.5}, {"window": 5}, {"stride": 0},
-                {"min_class_records": 5}, {"window": 20, "min_class_records": 30},
-                {"calibration_runs": 2}, {"max_reference": 10}]

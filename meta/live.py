@@ -362,7 +362,15 @@ class AlertModel:
         return outputs
 
     def class_probabilities(self, x: np.ndarray) -> np.ndarray:
-        """``[n, C]`` class probabilities, columns in :attr:`probability_classes` order."""
+        """``[n, C]`` class probabilities, columns in :attr:`probability_classes` order.
+
+        Learners with an adapted head answer from the head alone (feature squeezing asks
+        three times per batch: no novelty or nearest-record search is needed for that);
+        memory-style learners read the support set either way.
+        """
+        if self._adapted is not None:
+            return np.asarray(self._adapted.predict_proba(np.asarray(x, np.float32)),
+                              np.float64)
         out = self.classify(x)
         assert out.probabilities is not None
         return out.probabilities
