@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 TOKEN  := var/api-token
 
-.PHONY: run test bench art-env lint typecheck clean
+.PHONY: run test bench art-env drift-env lint typecheck clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,18 +26,24 @@ run: $(STAMP) $(TOKEN)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP) art-env
+bench: $(STAMP) art-env drift-env
 	$(BIN)/python -m bench.throughput
 	nice -n 10 $(BIN)/python -m bench.fewshot
 	nice -n 10 $(BIN)/python -m bench.adaptation
 	nice -n 10 $(BIN)/python -m bench.adversarial
 	nice -n 10 $(BIN)/python -m bench.adversarial_tabular
 	nice -n 10 $(BIN)/python -m bench.poisoning
+	nice -n 10 $(BIN)/python -m bench.drift
 
 # IBM ART in its own venv (.venv-art), for the side-by-side benchmarks only: never a
 # dependency of the agent.
 art-env: $(STAMP)
 	bench/art_env.sh
+
+# alibi-detect (PyTorch backend) and river in their own venv (.venv-drift), for the drift
+# benchmark's peers only: alibi-detect pins numpy<2, and neither is a dependency of the agent.
+drift-env: $(STAMP)
+	bench/drift_env.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check agent adapters detectors meta storage bench tests
@@ -46,4 +52,4 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .venv-art var .pytest_cache .ruff_cache .mypy_cache .tools
+	rm -rf $(VENV) .venv-art .venv-drift var .pytest_cache .ruff_cache .mypy_cache .tools

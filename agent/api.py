@@ -1,4 +1,5 @@
-"""The REST API: health, readiness, incidents, labels, adaptation and the model registry.
+"""The REST API: health, readiness, incidents, labels, adaptation, the model registry and
+reference versions.
 
 Secure by default: every write needs the bearer token named by ``api.token_env``; without a
 configured token writes are refused rather than fall open. Reads need the token too when
@@ -34,6 +35,7 @@ from agent.api_inputs import (
     known_query_only,
 )
 from agent.api_model import adaptation_routes, label_routes, model_routes
+from agent.api_reference import reference_routes
 from agent.service import Agent
 from agent.version import __version__
 from storage import IncidentNotFound
@@ -64,7 +66,8 @@ def create_app(agent: Agent) -> FastAPI:
     app.include_router(_incident_writes(agent))
     for router in (*label_routes(agent, _router, reads_need_token=api.read_requires_token),
                    *adaptation_routes(agent, _router),
-                   *model_routes(agent, _router, reads_need_token=api.read_requires_token)):
+                   *model_routes(agent, _router, reads_need_token=api.read_requires_token),
+                   *reference_routes(agent, _router, reads_need_token=api.read_requires_token)):
         app.include_router(router)
     return app
 

@@ -25,6 +25,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 
 from storage.records import (
     MAX_ACTOR_CHARS,
+    MAX_DETECTOR_CHARS,
     MAX_KIND_CHARS,
     MAX_LABEL_CHARS,
     MAX_MODEL_VERSION_CHARS,
@@ -99,6 +100,24 @@ VersionPath = Annotated[str, Path(min_length=1, max_length=MAX_MODEL_VERSION_CHA
                                   pattern=r"^[A-Za-z0-9_.:-]+$",
                                   description="A model version, e.g. `3`.")]
 LabelIdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="The label's id.")]
+ReferenceIdPath = Annotated[int, Path(ge=1, le=MAX_ID,
+                                      description="The reference version's row id.")]
+DetectorFilter = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_DETECTOR_CHARS),
+    AfterValidator(_one_line), Field(json_schema_extra={"pattern": _ONE_LINE_PATTERN}),
+]
+
+
+class ReferenceRollbackRequest(BaseModel):
+    """Make an earlier version of a source/detector's reference the active one again."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: SourceFilter
+    detector: DetectorFilter
+    version: int = Field(ge=1, le=MAX_ID, description="The version number to restore.")
+    actor: ActorText = "api"
+    note: NoteText | None = None
 
 
 class LabelRequest(BaseModel):

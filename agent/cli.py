@@ -1,7 +1,8 @@
 """The ``metasentry`` command line.
 
 Commands: ``run``, ``check-config``, ``replay``, ``incidents list|show``, ``label``,
-``labels list|release``, ``adapt``, ``models list|show|activate|rollback``, ``db upgrade``,
+``labels list|release``, ``adapt``, ``models list|show|activate|rollback``,
+``reference list|show|rollback``, ``db upgrade``,
 and the meta-learning commands ``meta-train`` and ``fewshot-eval``.
 A configuration problem is printed as one line per error and exits 2, never as a traceback.
 """
@@ -258,7 +259,14 @@ def label(config_path: Path, actor: str, note: str | None, records: tuple[str, .
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     learnable = [g for g in given if g.status == "pending"]
-    if learnable:
+    if incident.analyst_label == "benign_drift" and incident.kind in ("drift",
+                                                                      "reference_drift"):
+        mode = load_or_exit(config_path).reference.mode
+        click.echo(f"incident {incident.id} labelled benign_drift: " + (
+            "its window is approved and joins the reference as a new version at the agent's "
+            "next batch (see `metasentry reference list`)" if mode != "fixed" else
+            "recorded; reference.mode is fixed, so the reference does not move"))
+    elif learnable:
         click.echo(f"incident {incident.id} labelled {incident.analyst_label!r}: "
                    f"{len(learnable)} record(s) will teach the model (labels "
                    f"{', '.join(str(g.id) for g in learnable)}); see `metasentry labels list`")
@@ -298,8 +306,9 @@ def _register_meta_commands() -> None:
     models beside the analyst loop."""
     from agent.cli_meta import fewshot_eval, meta_train
     from agent.cli_model import adapt, labels, models
+    from agent.cli_reference import reference
 
-    for command in (meta_train, fewshot_eval, labels, adapt, models):
+    for command in (meta_train, fewshot_eval, labels, adapt, models, reference):
         main.add_command(command)
 
 

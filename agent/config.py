@@ -113,12 +113,35 @@ class SchemaConfig(_Model):
         return self
 
 
+class RollingReferenceConfig(_Model):
+    """How fast and how far a rolling reference may follow the stream (``detectors.reference``)."""
+
+    follow_rate: float = Field(default=0.05, gt=0, le=1)
+    anchor_limit: float = Field(default=0.3, gt=0, le=1)
+    strategy: Literal["last_n", "reservoir"] = "last_n"
+
+
 class ReferenceConfig(_Model):
-    """Data the detectors are fitted on: what 'normal' looks like for this stream."""
+    """Data the detectors are fitted on: what 'normal' looks like for this stream.
+
+    ``mode`` says whether window detectors keep it (``fixed``), follow the stream with windows
+    that raised no alarm (``rolling``), or move only when an analyst labels a drift incident
+    ``benign_drift`` (``approved``; rolling references accept such approvals too). Moving
+    references are kept as versions in the store (``metasentry reference``). An approved
+    window says "normal looks like this now": by default it replaces the reference
+    (``approval: replace``; later approvals then add to it), or it is added (``merge``).
+    """
 
     path: Path
     header: bool = True
     limit: int | None = Field(default=None, gt=0)
+    mode: Literal["fixed", "rolling", "approved"] = "fixed"
+    rolling: RollingReferenceConfig = Field(default_factory=RollingReferenceConfig)
+    # An approved window becomes the reference (replace) or is added to it (merge); either
+    # way the newest max_records records are kept (default: the configured reference's size).
+    approval: Literal["replace", "merge"] = "replace"
+    max_records: int | None = Field(default=None, gt=1)
+    poll_s: float = Field(default=5.0, gt=0)
 
 
 # --- sources -----------------------------------------------------------------------------
@@ -396,6 +419,24 @@ class AgentConfig(_Model):
         if self.model.enabled and not self.schema_.label:
             raise ValueError("model: the live model enrols the reference's labelled records; "
                              "name the label field in `schema.label`")
+        if not self.schema_.timestamp:
+            for position, entry in enumerate(self.detectors):
+                if isinstance(getattr(entry, "window", None), str) or getattr(
+                        entry, "seasonality", "none") != "none":
+                    raise ValueError(f"detectors[{position}] ({entry.resolved_name()}): time "
+                                     "windows and seasonality read each record's time; name "
+                                     "its field in `schema.timestamp`")
+        return self
+
+    @model_validator(mode="after")
+    def _reference_can_move(self) -> AgentConfig:
+        if self.reference.mode != "fixed" and not any(
+                getattr(DETECTOR_TYPES[d.type], "family", "") == "window"
+                and hasattr(DETECTOR_TYPES[d.type], "set_reference")
+                for d in self.enabled_detectors()):
+            raise ValueError(f"reference.mode: {self.reference.mode} moves the reference of "
+                             "window detectors, and no enabled detector is one; use `fixed` or "
+                             "add a window detector (e.g. feature_drift)")
         return self
 
     def enabled_detectors(self) -> list[DetectorConfig]:

@@ -35,10 +35,11 @@ import numpy as np
 
 from adapters.base import Batch, RawRecord, Source
 from agent.config import AgentConfig
-from agent.detection import DetectorSet, Judgement
+from agent.detection import DetectorSet, Judgement, window_bounds
 from agent.grouping import Finding, Grouper, Placement, record_time
 from agent.incidents import IncidentPolicy, RecordContext, RecordIncidents
 from agent.metrics import Metrics
+from agent.references import ReferenceKeeper
 from agent.salvage import commit_salvaging
 from agent.schema import Encoded, Encoder
 from detectors.base import DriftReport, FeatureBatch
@@ -48,6 +49,7 @@ from storage import (
     IncidentUpdate,
     NewDriftReport,
     NewIncident,
+    NewReferenceVersion,
     QuarantinedRecord,
     Store,
     StoreRejected,
@@ -80,6 +82,7 @@ class _StreamState:
 
     detectors: DetectorSet
     grouper: Grouper
+    references: ReferenceKeeper
     # (offset key, raw index, id, timestamp) of the latest records fed to the detectors: at
     # least a window and a batch, so every window reported in a batch can be named end to end.
     window_keys: deque[tuple[str, int, str | None, str | None]]
@@ -121,7 +124,10 @@ class Pipeline:
         grouper = Grouper(span_records=cfg.group_span_records, span_s=cfg.group_span_s,
                           examples=cfg.examples_per_incident)
         grouper.restore(position.get("groups") or [])
-        state = _StreamState(detectors=detectors, grouper=grouper,
+        keeper = ReferenceKeeper(self.config.reference, self.store, source.name,
+                                 detectors.windows, self.reference)
+        keeper.attach()
+        state = _StreamState(detectors=detectors, grouper=grouper, references=keeper,
                              window_keys=deque(maxlen=detectors.buffer_size(
                                  self.config.pipeline.batch_size)))
         state.processed_total = int(position.get("processed", 0))
@@ -180,11 +186,13 @@ class Pipeline:
         updates: list[IncidentUpdate] = []
         examples: list[IncidentExample] = []
         with self._lock, self._pinned_model() as model:
+            references: list[NewReferenceVersion] = state.references.poll()
             features = encoded.features
             if model is not None and state.detectors.needs_embeddings and len(features):
                 features = features.with_embeddings(model.embed(features.encoded))
-            for report, end_key, end_index, span in self._feed_windows(
-                    state, records, encoded, features, ok_index, base):
+            moved: list[NewReferenceVersion] = []
+            for detector, report, end_key, end_index, span in self._feed_windows(
+                    state, records, encoded, features, ok_index, base, warm, moved, incidents):
                 if end_index < warm:
                     continue  # this window was committed before the restart
                 stored, incident = self.policy.drift_records(report, source=batch.source,
@@ -192,8 +200,10 @@ class Pipeline:
                 drift_rows.append(stored)
                 if incident is not None:
                     incidents.append(incident)
+                    references.extend(state.references.candidate(detector, report, incident))
                 self._observe_report(report)
                 outcome.windows_tested += 1
+            references.extend(moved)
             judgements = state.detectors.judge(features, fresh)
             found, updates, examples = self._record_findings(
                 state, judgements, features, encoded, records, ok_index, batch,
@@ -209,7 +219,8 @@ class Pipeline:
 
         result = self._commit(source=batch.source, position=self._position(state, source, batch),
                               incidents=incidents, quarantine=quarantine, drift_reports=drift_rows,
-                              incident_updates=updates, examples=examples)
+                              incident_updates=updates, examples=examples,
+                              references=references)
         source.ack(batch)
         self._count_incidents(incidents, result, outcome)
         outcome.seconds = time.perf_counter() - started
@@ -226,11 +237,16 @@ class Pipeline:
 
     def _feed_windows(self, state: _StreamState, records: Sequence[RawRecord],
                       encoded: Encoded, features: FeatureBatch, ok_index: np.ndarray,
-                      base: int) -> list[tuple[DriftReport, str, int, dict[str, Any]]]:
+                      base: int, warm: int, moved: list[NewReferenceVersion],
+                      held: list[NewIncident],
+                      ) -> list[tuple[Any, DriftReport, str, int, dict[str, Any]]]:
         """Feed window detectors; each report is named after the record that closed its window.
 
         The span says which records a window covered (first and last offset key, and the
         schema's id and timestamp fields when it names them), so an analyst can go and look.
+        A moving reference follows each fresh window that raised no alarm before the next
+        window is tested (``moved``: the versions to commit; ``held``: the incidents raised
+        when the reference may not follow).
         """
         if not state.detectors.stateful or len(ok_index) == 0:
             return []
@@ -240,12 +256,24 @@ class Pipeline:
         times = encoded.times if encoded.times is not None else [None] * n
         state.window_keys.extend(zip(keys, (base + ok_index).tolist(), ids, times, strict=True))
         state.last_key = keys[-1]
-        out: list[tuple[DriftReport, str, int, dict[str, Any]]] = []
-        for _, before, report in state.detectors.feed_windows(features):
+        state.references.remember(features)
+
+        def follow(detector: Any, before: int, report: DriftReport) -> None:
+            closing = report.records_seen - before - 1
+            if int(ok_index[closing]) >= warm:  # windows re-read after a restart moved it then
+                versions, incidents = state.references.follow(detector, report)
+                moved.extend(versions)
+                held.extend(incidents)
+
+        on_report = follow if state.references.moves_on_reports else None
+        out: list[tuple[Any, DriftReport, str, int, dict[str, Any]]] = []
+        for detector, before, report in state.detectors.feed_windows(features, on_report):
             last = report.records_seen - before - 1  # the record that closed this window
-            end = len(state.window_keys) - (n - last)
-            out.append((report, keys[last], int(ok_index[last]),
-                        _span(state.window_keys, end - report.n_window + 1, end)))
+            closing = len(state.window_keys) - (n - last)
+            first, stop = window_bounds(report)
+            end = closing - (report.records_seen - stop)
+            out.append((detector, report, keys[last], int(ok_index[last]),
+                        _span(state.window_keys, end - (stop - first) + 1, end)))
         state.fed_since_test = 0 if out else state.fed_since_test + len(keys)
         return out
 
@@ -357,24 +385,30 @@ class Pipeline:
                     continue
                 drift_rows: list[NewDriftReport] = []
                 incidents: list[NewIncident] = []
+                references: list[NewReferenceVersion] = []
                 for detector in state.detectors.windows:
                     report = detector.test()
                     if report is None:
                         continue
-                    end = len(state.window_keys) - 1
-                    span = _span(state.window_keys, end - report.n_window + 1, end)
+                    first, stop = window_bounds(report)
+                    end = len(state.window_keys) - 1 - (report.records_seen - stop)
+                    span = _span(state.window_keys, end - (stop - first) + 1, end)
                     stored, incident = self.policy.drift_records(report, source=name,
                                                                  window_end_key=state.last_key,
                                                                  span=span)
                     drift_rows.append(stored)
                     if incident is not None:
                         incidents.append(incident)
+                        # A rejected partial window can be approved like any other.
+                        references.extend(state.references.candidate(detector, report,
+                                                                     incident))
                     self._observe_report(report)
                 if not drift_rows:
                     continue
                 state.fed_since_test = 0
                 result = self._commit(source=name, position=None, incidents=incidents,
-                                      quarantine=[], drift_reports=drift_rows)
+                                      quarantine=[], drift_reports=drift_rows,
+                                      references=references)
                 self._count_incidents(incidents, result, BatchOutcome(source=name))
                 # A window stored before (a rerun that re-read it to rebuild state) is keyed
                 # by the same last record, so the store keeps one report: count that one.

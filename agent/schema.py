@@ -23,6 +23,7 @@ import numpy as np
 import orjson
 
 from agent.config import FeatureSpec, SchemaConfig
+from agent.grouping import record_time
 from detectors.base import FeatureBatch, TensorLayout
 
 _MISSING = object()
@@ -237,6 +238,7 @@ class Encoder:
                   for i in np.flatnonzero(~ok)]
         categorical_specs = self._by_type("categorical") + self._by_type("boolean")
         labels = self._optional_field(self.schema.label, records, ok)
+        times = self._optional_field(self.schema.timestamp, records, ok)
         batch = FeatureBatch(
             numeric=(np.stack(numeric_raw, axis=1)[ok] if numeric_raw
                      else np.zeros((int(ok.sum()), 0))),
@@ -250,11 +252,12 @@ class Encoder:
             ),
             encoded=x,
             labels=labels,
+            times=None if times is None else epoch_seconds(times),
         )
         return Encoded(x=x, ok=ok, errors=errors, features=batch,
                        labels=labels,
                        ids=self._optional_field(self.schema.id, records, ok),
-                       times=self._optional_field(self.schema.timestamp, records, ok))
+                       times=times)
 
     def labels(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """The label field of every record (None where absent), as an object array."""
@@ -398,6 +401,22 @@ def _columns(records: Sequence[Mapping[str, Any]], names: list[str]) -> dict[str
 def _text_field(name: str, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
     """A pass-through field (label, id, timestamp) of every record, as text or None."""
     return np.array([_label_text(r.get(name)) for r in records], dtype=object)
+
+
+def epoch_seconds(values: np.ndarray) -> np.ndarray:
+    """Timestamp fields (text or None) as float64 epoch seconds, NaN where unreadable.
+
+    Read as :func:`agent.grouping.record_time` reads them, so a window detector and the
+    grouping of findings agree on every record's time. Epoch numbers, the common case on a
+    fast stream, convert in one numpy call; ISO 8601 text takes the per-record path.
+    """
+    try:
+        seconds = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        parsed = (record_time(value) for value in values.tolist())
+        seconds = np.fromiter((np.nan if t is None else t for t in parsed),
+                              dtype=np.float64, count=len(values))
+    return np.where(np.isfinite(seconds), seconds, np.nan)
 
 
 def _label_text(value: Any) -> str | None:

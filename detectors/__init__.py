@@ -33,6 +33,7 @@ from detectors.base import (
     WindowDetector,
 )
 from detectors.classifier import ClassifierConfig, ClassifierDetector
+from detectors.classifier_drift import ClassifierDriftConfig, ClassifierDriftDetector
 from detectors.feature_drift import (
     CategoryShift,
     FeatureDriftConfig,
@@ -40,6 +41,8 @@ from detectors.feature_drift import (
     FeatureTest,
 )
 from detectors.label_consistency import LabelConsistencyConfig, LabelConsistencyDetector
+from detectors.mmd_drift import MMDDriftConfig, MMDDriftDetector
+from detectors.online_drift import OnlineDriftConfig, OnlineDriftDetector
 from detectors.spectral_signature import SpectralSignatureConfig, SpectralSignatureDetector
 
 __all__ = [
@@ -51,6 +54,8 @@ __all__ = [
     "CategoryShift",
     "ClassifierConfig",
     "ClassifierDetector",
+    "ClassifierDriftConfig",
+    "ClassifierDriftDetector",
     "Detector",
     "DetectorConfig",
     "DetectorContext",
@@ -64,8 +69,12 @@ __all__ = [
     "LabelConsistencyConfig",
     "LabelConsistencyDetector",
     "LabelledDetector",
+    "MMDDriftConfig",
+    "MMDDriftDetector",
     "ModelHandle",
     "NotFittedError",
+    "OnlineDriftConfig",
+    "OnlineDriftDetector",
     "RecordDetector",
     "SpectralSignatureConfig",
     "SpectralSignatureDetector",
@@ -77,6 +86,9 @@ __all__ = [
 DETECTOR_TYPES: Mapping[str, Any] = MappingProxyType(
     {
         "feature_drift": FeatureDriftDetector,
+        "online_drift": OnlineDriftDetector,
+        "mmd_drift": MMDDriftDetector,
+        "classifier_drift": ClassifierDriftDetector,
         "classifier": ClassifierDetector,
         "label_consistency": LabelConsistencyDetector,
         "adversarial": AdversarialDetector,

@@ -92,6 +92,10 @@ class FeatureBatch:
         float32 ``[n, D]``: the live model's representation of each record, computed once per
         batch by the pipeline when a model is loaded and shared by every detector that asks for
         it (``uses_embeddings``); ``None`` when no model is loaded.
+    times
+        float64 ``[n]``: each record's timestamp in seconds since the epoch (NaN where a record
+        has no readable one), when the schema names a timestamp field; ``None`` otherwise.
+        Time-windowed and seasonal detectors read it; the others ignore it.
     """
 
     numeric: np.ndarray
@@ -102,6 +106,7 @@ class FeatureBatch:
     encoded: np.ndarray
     labels: np.ndarray | None = None
     embeddings: np.ndarray | None = None
+    times: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         numeric = np.asarray(self.numeric, dtype=np.float64)
@@ -123,6 +128,8 @@ class FeatureBatch:
             object.__setattr__(self, "labels", np.asarray(self.labels, dtype=object))
         if self.embeddings is not None:
             object.__setattr__(self, "embeddings", np.asarray(self.embeddings, dtype=np.float32))
+        if self.times is not None:
+            object.__setattr__(self, "times", np.asarray(self.times, dtype=np.float64))
         self._check_shapes()
         self._check_values()
 
@@ -142,6 +149,11 @@ class FeatureBatch:
             raise ValueError(
                 f"FeatureBatch.labels must hold one entry per record ({n}), got shape "
                 f"{self.labels.shape}."
+            )
+        if self.times is not None and self.times.shape != (n,):
+            raise ValueError(
+                f"FeatureBatch.times must hold one entry per record ({n}), got shape "
+                f"{self.times.shape}."
             )
         if self.embeddings is not None and (
             self.embeddings.ndim != 2 or self.embeddings.shape[0] != n
@@ -172,6 +184,9 @@ class FeatureBatch:
     def _check_values(self) -> None:
         if self.embeddings is not None and not np.isfinite(self.embeddings).all():
             raise ValueError("FeatureBatch.embeddings holds non-finite values.")
+        if self.times is not None and np.isinf(self.times).any():
+            raise ValueError("FeatureBatch.times holds infinite values; use NaN for a record "
+                             "without a timestamp.")
         finite = np.isfinite(self.numeric)
         if not finite.all():
             column = int(np.flatnonzero(~finite.all(axis=0))[0])
@@ -219,6 +234,7 @@ class FeatureBatch:
             encoded=self.encoded[index],
             labels=None if self.labels is None else self.labels[index],
             embeddings=None if self.embeddings is None else self.embeddings[index],
+            times=None if self.times is None else self.times[index],
         )
 
     def with_embeddings(self, embeddings: np.ndarray | None) -> FeatureBatch:
@@ -229,9 +245,16 @@ class FeatureBatch:
         """The same records carrying labels (or none)."""
         return dataclasses.replace(self, labels=labels)
 
+    def with_times(self, times: np.ndarray | None) -> FeatureBatch:
+        """The same records carrying timestamps in epoch seconds (or none)."""
+        return dataclasses.replace(self, times=times)
+
     @staticmethod
     def concat(batches: Sequence[FeatureBatch]) -> FeatureBatch:
-        """Stack batches of one schema row-wise, in order."""
+        """Stack batches of one schema row-wise, in order.
+
+        Labels, embeddings and times are kept only when every batch carries them.
+        """
         if not batches:
             raise ValueError("FeatureBatch.concat needs at least one batch.")
         first = batches[0]
@@ -242,6 +265,7 @@ class FeatureBatch:
                 )
         labelled = all(b.labels is not None for b in batches)
         embedded = all(b.embeddings is not None for b in batches)
+        timed = all(b.times is not None for b in batches)
         return FeatureBatch(
             numeric=np.concatenate([b.numeric for b in batches], axis=0),
             numeric_names=first.numeric_names,
@@ -252,6 +276,7 @@ class FeatureBatch:
             labels=np.concatenate([b.labels for b in batches]) if labelled else None,  # type: ignore[misc]
             embeddings=(np.concatenate([b.embeddings for b in batches], axis=0)  # type: ignore[misc]
                         if embedded else None),
+            times=np.concatenate([b.times for b in batches]) if timed else None,  # type: ignore[misc]
         )
 
 

@@ -11,7 +11,8 @@ from) and ``invalid_params()`` (arguments that must raise ``ValueError``), and a
   sentence, use before ``fit`` refused, a batch with other features refused;
 * window detectors: well-formed reports, determinism, batch-size invariance, inputs left
   alone, false alarms within the binomial budget of ``alpha`` on a stationary stream, a shift
-  detected and explained, refit resets the window, and (when they save state) a round trip;
+  detected and explained, refit resets the window, (when they save state) a round trip, and
+  (when they can move their reference) ``set_reference`` keeps the stream's position;
 * record detectors: one finite verdict per record with p-values in [0, 1], flags at the
   configured rate on records exchangeable with the reference, far-away records flagged,
   verdicts independent of batch size and of earlier calls, explanations that serialise;
@@ -160,6 +161,8 @@ def yield_checks(detector_class: type[Any], *, model_factory: ModelFactory | Non
         ]
         if hasattr(detector_class, "state_dict") and hasattr(detector_class, "load_state"):
             checks.append(check_state_round_trip)
+        if hasattr(detector_class, "set_reference"):
+            checks.append(check_set_reference_keeps_the_stream)
     elif family == "record":
         checks = [
             *common, check_record_not_fitted, check_record_schema_mismatch_rejected,
@@ -339,6 +342,24 @@ def check_refit_resets_window(detector_class: type[Any]) -> None:
     assert detector.window_fill == 0
     assert detector.windows_tested == 0
     assert detector.test() is None
+
+
+def check_set_reference_keeps_the_stream(detector_class: type[Any]) -> None:
+    """A new reference (a rolling or approved move) keeps the window, schedule and counters,
+    and the next window is tested against it."""
+    detector = _build(detector_class)
+    rng = np.random.default_rng(10)
+    window = _window_of(detector)
+    detector.fit(synthetic_batch(rng, 3000))
+    detector.update(synthetic_batch(rng, window + window // 2, Shift(score_mean=1.5)))
+    fill, seen, tested = detector.window_fill, detector.records_seen, detector.windows_tested
+    detector.set_reference(synthetic_batch(rng, 1500, Shift(score_mean=1.5)))
+    assert (detector.window_fill, detector.records_seen, detector.windows_tested) == (
+        fill, seen, tested)
+    reports = detector.update(synthetic_batch(rng, window, Shift(score_mean=1.5)))
+    assert reports, "no window was due"
+    assert reports[-1].n_reference <= 1500
+    assert not reports[-1].rejected, "the shifted stream drifts from its own new reference"
 
 
 def check_state_round_trip(detector_class: type[Any]) -> None:

@@ -4,23 +4,56 @@ Numeric features get a two-sample Kolmogorov–Smirnov test, categorical feature
 test of homogeneity, and the per-feature p-values are adjusted for testing many features at
 once. The reference is summarised once at ``fit`` (distinct sorted values with cumulative
 counts, category counts), so a window test never touches the reference records again.
+
+Windows are counted in records (``window: 1000``) or measured in time (``window: 1h``):
+tumbling windows aligned to the epoch by each record's own timestamp (``FeatureBatch.times``),
+with a documented rule for records that arrive out of order or without a timestamp
+(:mod:`detectors._time_windows`). ``seasonality`` compares each window with reference records
+of the same hour of day or of week (:mod:`detectors._seasonality`), the one case where the
+reference records are kept and summarised per window. :meth:`FeatureDriftDetector.set_reference`
+replaces the reference without touching the stream's windows, for a reference that moves.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import logging
-import math
 import threading
-from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from detectors._chi2 import ChiSquaredResult, pooled_chi2
+from detectors._feature_tests import CategoryShift, FeatureTest, categorical_feature_test
 from detectors._ks import ks_p_value
 from detectors._multiple_testing import CORRECTIONS, Correction, adjust_p_values
+from detectors._reference_summary import (
+    CategoricalReference,
+    NumericReference,
+    Summary,
+    SummarySchema,
+    count_codes,
+)
+from detectors._seasonality import (
+    PERIODS,
+    SEASONALITIES,
+    Seasonality,
+    SeasonalReference,
+    Selection,
+)
+from detectors._seasonality import phases as seasonal_phases
+from detectors._seasonality import zone as time_zone
+from detectors._time_windows import (
+    ClosedWindow,
+    TimedDriftReport,
+    TimeWindows,
+    parse_duration,
+    time_schedule,
+    window_kind,
+)
 from detectors.base import (
     DetectorConfig,
     DetectorContext,
@@ -37,6 +70,7 @@ __all__ = [
     "FeatureDriftConfig",
     "FeatureDriftDetector",
     "FeatureTest",
+    "TimedDriftReport",
     "ks_p_value",
     "pooled_chi2",
 ]
@@ -44,323 +78,15 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _STATE_FORMAT_VERSION = 1
-_CATEGORY_SHIFTS_REPORTED = 3
-
-
-@dataclass(frozen=True)
-class CategoryShift:
-    """How the share of one known category moved between the reference and the window."""
-
-    category: str
-    reference_fraction: float
-    window_fraction: float
-
-    @property
-    def change(self) -> float:
-        """Window share minus reference share (positive: more frequent now)."""
-        return self.window_fraction - self.reference_fraction
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "category": self.category,
-            "reference_fraction": self.reference_fraction,
-            "window_fraction": self.window_fraction,
-        }
-
-
-@dataclass(frozen=True)
-class FeatureTest:
-    """The outcome of one feature's two-sample test, with how the feature moved.
-
-    ``effect_size`` puts numeric and categorical features on one scale in ``[0, 1]``: the KS
-    distance for numeric features and the total-variation distance between the category shares
-    for categorical ones (the two coincide for a binary feature). It ranks features when their
-    p-values are equally extreme.
-
-    Numeric features fill ``reference_mean``, ``window_mean``, ``reference_std`` and
-    ``window_std``; categorical features fill ``new_categories`` (window records in the unknown
-    bucket), ``new_category_fraction`` and ``reference_new_category_fraction`` (the same share
-    in the reference, usually 0) and ``category_shifts`` (the known categories whose share moved
-    most, largest move first). The fields of the other kind are ``None`` or empty.
-    """
-
-    name: str
-    kind: Literal["numeric", "categorical"]
-    test: Literal["ks", "chi2"]
-    statistic: float
-    p_value: float
-    adjusted_p_value: float
-    rejected: bool
-    effect_size: float
-    degrees_of_freedom: int | None = None
-    reference_mean: float | None = None
-    window_mean: float | None = None
-    reference_std: float | None = None
-    window_std: float | None = None
-    new_categories: int | None = None
-    new_category_fraction: float | None = None
-    reference_new_category_fraction: float | None = None
-    category_shifts: tuple[CategoryShift, ...] = ()
-
-    def describe_movement(self) -> str:
-        """A few words on how the feature moved, for one-line summaries."""
-        if self.kind == "numeric":
-            return self._describe_numeric_movement()
-        return self._describe_categorical_movement()
-
-    def _describe_numeric_movement(self) -> str:
-        ref_mean, win_mean = self.reference_mean or 0.0, self.window_mean or 0.0
-        ref_std, win_std = self.reference_std or 0.0, self.window_std or 0.0
-        scale = max(ref_std, win_std, 1e-12)
-        standardised_mean_move = abs(win_mean - ref_mean) / scale
-        std_move = abs(math.log((win_std + 1e-12) / (ref_std + 1e-12)))
-        if std_move > standardised_mean_move:
-            return f"{self.name} std {ref_std:.4g}→{win_std:.4g}"
-        return f"{self.name} mean {ref_mean:.4g}→{win_mean:.4g}"
-
-    def _describe_categorical_movement(self) -> str:
-        unseen_share = self.new_category_fraction or 0.0
-        reference_unseen_share = self.reference_new_category_fraction or 0.0
-        unseen_move = unseen_share - reference_unseen_share
-        if reference_unseen_share > 0.0:
-            unseen = (
-                f"unseen categories {_percent(reference_unseen_share)}→{_percent(unseen_share)}"
-            )
-        else:
-            unseen = f"{_percent(unseen_share)} unseen categories"
-        top_shift = self.category_shifts[0] if self.category_shifts else None
-        if top_shift is None or abs(unseen_move) >= abs(top_shift.change):
-            return f"{self.name}: {unseen}"
-        moved = (
-            f"{top_shift.category} {_percent(top_shift.reference_fraction)}"
-            f"→{_percent(top_shift.window_fraction)}"
-        )
-        if unseen_share >= 0.01 and unseen_move > 0.0:
-            return f"{self.name}: {moved}, {unseen}"
-        return f"{self.name}: {moved}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "test": self.test,
-            "statistic": self.statistic,
-            "p_value": self.p_value,
-            "adjusted_p_value": self.adjusted_p_value,
-            "rejected": self.rejected,
-            "effect_size": self.effect_size,
-            "degrees_of_freedom": self.degrees_of_freedom,
-            "reference_mean": self.reference_mean,
-            "window_mean": self.window_mean,
-            "reference_std": self.reference_std,
-            "window_std": self.window_std,
-            "new_categories": self.new_categories,
-            "new_category_fraction": self.new_category_fraction,
-            "reference_new_category_fraction": self.reference_new_category_fraction,
-            "category_shifts": [shift.to_dict() for shift in self.category_shifts],
-        }
-
-
-
-def _percent(share: float) -> str:
-    """A share as a percentage, with a decimal for small shares so that 0.4% does not read 0%."""
-    return f"{share:.1%}" if 0.0 < share < 0.1 else f"{share:.0%}"
-
-
-
-@dataclass(frozen=True)
-class _NumericReference:
-    """Per numeric feature: distinct sorted reference values and how many records lie at or below.
-
-    Flat arrays with ``offsets`` (feature ``j`` owns ``[offsets[j], offsets[j + 1])``) let the
-    window test gather ECDF values for every feature in one vectorised step. Each feature's run
-    starts with a ``-inf`` sentinel counting 0 records, so every search lands on a valid entry.
-    Distinct values keep the binary searches short for the heavily tied features security data
-    is full of.
-    """
-
-    values: np.ndarray  # float64, -inf then the distinct sorted values, per feature, concatenated
-    count_upto: np.ndarray  # int64, reference records <= value
-    count_below: np.ndarray  # int64, reference records < value
-    offsets: np.ndarray  # int64 [n_features + 1]
-    n: int
-    mean: np.ndarray
-    std: np.ndarray
-    _feature_values: tuple[np.ndarray, ...] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        bounds = self.offsets.tolist()
-        views = tuple(self.values[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True))
-        object.__setattr__(self, "_feature_values", views)
-
-    @classmethod
-    def summarise(cls, numeric: np.ndarray) -> _NumericReference:
-        n, n_features = numeric.shape
-        columns = np.sort(numeric.T, axis=1)
-        columns = np.concatenate([np.full((n_features, 1), -np.inf), columns], axis=1)
-        is_last_of_run = np.ones_like(columns, dtype=bool)
-        is_last_of_run[:, :-1] = columns[:, 1:] != columns[:, :-1]
-        is_first_of_run = np.ones_like(columns, dtype=bool)
-        is_first_of_run[:, 1:] = is_last_of_run[:, :-1]
-        # Position p in a padded row is record p - 1 of the sorted column.
-        positions = np.broadcast_to(np.arange(n + 1, dtype=np.int64), columns.shape)
-        per_feature = is_last_of_run.sum(axis=1)
-        offsets = np.concatenate([[0], np.cumsum(per_feature)]).astype(np.int64)
-        return cls(
-            values=columns[is_last_of_run],
-            count_upto=positions[is_last_of_run],
-            count_below=np.maximum(positions[is_first_of_run] - 1, 0),
-            offsets=offsets,
-            n=int(n),
-            mean=numeric.mean(axis=0) if n_features else np.zeros(0),
-            std=numeric.std(axis=0) if n_features else np.zeros(0),
-        )
-
-    @property
-    def n_features(self) -> int:
-        return int(self.offsets.size - 1)
-
-    def ks_statistics(self, window: np.ndarray) -> np.ndarray:
-        """KS distance of each window column from its reference column.
-
-        Both ECDFs are step functions, and between two consecutive window values the window
-        ECDF is flat while the reference ECDF only rises, so the largest gap is found at a window
-        value or just below one. Evaluating both ECDFs there (on and just below) needs one
-        binary search per window value instead of a merge of both samples.
-        """
-        m = window.shape[0]
-        columns = np.sort(window.T, axis=1)
-        nearest = np.empty(columns.shape, dtype=np.int64)
-        for j, (values, start) in enumerate(
-            zip(self._feature_values, self.offsets.tolist()[:-1], strict=True)
-        ):
-            nearest[j] = np.searchsorted(values, columns[j], side="right") + (start - 1)
-        ref_upto = self.count_upto[nearest]
-        ref_below = np.where(self.values[nearest] == columns, self.count_below[nearest], ref_upto)
-        win_below, win_upto = _run_bounds(columns)
-        gap_at = np.abs(ref_upto / self.n - win_upto / m)
-        gap_below = np.abs(ref_below / self.n - win_below / m)
-        return np.maximum(gap_at.max(axis=1), gap_below.max(axis=1))
-
-    def to_state(self) -> dict[str, np.ndarray]:
-        return {
-            "values": self.values,
-            "count_upto": self.count_upto,
-            "count_below": self.count_below,
-            "offsets": self.offsets,
-            "n": np.asarray(self.n),
-            "mean": self.mean,
-            "std": self.std,
-        }
-
-    @classmethod
-    def from_state(cls, state: dict[str, np.ndarray]) -> _NumericReference:
-        return cls(
-            values=np.asarray(state["values"], dtype=np.float64),
-            count_upto=np.asarray(state["count_upto"], dtype=np.int64),
-            count_below=np.asarray(state["count_below"], dtype=np.int64),
-            offsets=np.asarray(state["offsets"], dtype=np.int64),
-            n=int(state["n"]),
-            mean=np.asarray(state["mean"], dtype=np.float64),
-            std=np.asarray(state["std"], dtype=np.float64),
-        )
-
-
-def _run_bounds(sorted_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each entry of row-sorted data: how many row entries are below it, and at or below it."""
-    m = sorted_rows.shape[1]
-    positions = np.broadcast_to(np.arange(m, dtype=np.int64), sorted_rows.shape)
-    starts_run = np.ones(sorted_rows.shape, dtype=bool)
-    starts_run[:, 1:] = sorted_rows[:, 1:] != sorted_rows[:, :-1]
-    ends_run = np.ones(sorted_rows.shape, dtype=bool)
-    ends_run[:, :-1] = starts_run[:, 1:]
-    below = np.maximum.accumulate(np.where(starts_run, positions, 0), axis=1)
-    upto = np.minimum.accumulate(np.where(ends_run, positions + 1, m)[:, ::-1], axis=1)[:, ::-1]
-    return below, upto
-
-
-@dataclass(frozen=True)
-class _CategoricalReference:
-    """Per categorical feature: reference counts of each code, unknown bucket last."""
-
-    counts: np.ndarray  # int64, per feature len(vocab) + 1 counts, concatenated
-    offsets: np.ndarray  # int64 [n_features + 1]
-    n: int
-
-    @classmethod
-    def summarise(
-        cls, codes: np.ndarray, vocab: tuple[tuple[str, ...], ...]
-    ) -> _CategoricalReference:
-        offsets = np.concatenate([[0], np.cumsum([len(v) + 1 for v in vocab])]).astype(np.int64)
-        return cls(counts=_count_codes(codes, offsets), offsets=offsets, n=int(codes.shape[0]))
-
-    def feature_counts(self, j: int) -> np.ndarray:
-        return self.counts[self.offsets[j] : self.offsets[j + 1]]
-
-    def to_state(self) -> dict[str, np.ndarray]:
-        return {"counts": self.counts, "offsets": self.offsets, "n": np.asarray(self.n)}
-
-    @classmethod
-    def from_state(cls, state: dict[str, np.ndarray]) -> _CategoricalReference:
-        return cls(
-            counts=np.asarray(state["counts"], dtype=np.int64),
-            offsets=np.asarray(state["offsets"], dtype=np.int64),
-            n=int(state["n"]),
-        )
-
-
-def _count_codes(codes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Counts of every code of every feature in one bincount, by shifting each column's codes."""
-    shifted = codes.astype(np.int64) + offsets[:-1]
-    return np.bincount(shifted.ravel(), minlength=int(offsets[-1])).astype(np.int64)
-
-
-@dataclass(frozen=True)
-class _Schema:
-    numeric_names: tuple[str, ...]
-    categorical_names: tuple[str, ...]
-    categorical_vocab: tuple[tuple[str, ...], ...]
-
-    @classmethod
-    def of(cls, batch: FeatureBatch) -> _Schema:
-        return cls(batch.numeric_names, batch.categorical_names, batch.categorical_vocab)
-
-    def matches(self, batch: FeatureBatch) -> bool:
-        return (
-            self.numeric_names == batch.numeric_names
-            and self.categorical_names == batch.categorical_names
-            and self.categorical_vocab == batch.categorical_vocab
-        )
-
-    def to_state(self) -> dict[str, np.ndarray]:
-        return {
-            "numeric_names": np.array(self.numeric_names, dtype=np.str_),
-            "categorical_names": np.array(self.categorical_names, dtype=np.str_),
-            "vocab_sizes": np.array([len(v) for v in self.categorical_vocab], dtype=np.int64),
-            "vocab": np.array([c for v in self.categorical_vocab for c in v], dtype=np.str_),
-        }
-
-    @classmethod
-    def from_state(cls, state: dict[str, np.ndarray]) -> _Schema:
-        sizes = np.asarray(state["vocab_sizes"], dtype=np.int64)
-        flat = [str(c) for c in np.asarray(state["vocab"]).tolist()]
-        bounds = np.concatenate([[0], np.cumsum(sizes)]).tolist()
-        vocab = tuple(tuple(flat[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True))
-        return cls(
-            numeric_names=tuple(str(n) for n in np.asarray(state["numeric_names"]).tolist()),
-            categorical_names=tuple(
-                str(n) for n in np.asarray(state["categorical_names"]).tolist()
-            ),
-            categorical_vocab=vocab,
-        )
 
 
 class FeatureDriftConfig(DetectorConfig):
     """``detectors:`` entry of ``type: feature_drift`` (the defaults are the agent's)."""
 
     type: Literal["feature_drift"] = "feature_drift"
-    window: int = Field(default=1000, gt=1)
-    step: int | None = Field(default=None, gt=0)
+    # Records per window, or a duration (30s, 5m, 1h, 1d) for tumbling windows by timestamp.
+    window: int | str = 1000
+    step: int | str | None = None
     alpha: float = Field(default=0.01, gt=0, lt=1)
     correction: Literal["bh", "bonferroni"] = "bh"
     top_k: int = Field(default=5, gt=0)
@@ -370,10 +96,61 @@ class FeatureDriftConfig(DetectorConfig):
     min_effect: float = Field(default=0.0, ge=0, le=1)
     min_effect_by_feature: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(
         default_factory=dict)
+    # Time windows only: how far behind the newest timestamp a record may arrive and still
+    # join its window, and how many records one window keeps for its test (a uniform sample).
+    allowed_lateness: str = "0s"
+    max_window_records: int = Field(default=100_000, gt=1)
+    # Compare each window with reference records of the same phase, on the clock of `timezone`.
+    seasonality: Seasonality = "none"
+    timezone: str = "UTC"
+
+    # These messages follow the configuration's error format: the loader puts the YAML path
+    # before them and the value after them. Fields are checked in order, so `step` and
+    # `allowed_lateness` see the window already checked (in ``info.data``).
+    @field_validator("window", "step", mode="before")
+    @classmethod
+    def _count_or_duration(cls, value: object, info: ValidationInfo) -> object:
+        if value is None and info.field_name == "step":
+            return value
+        minimum = 2 if info.field_name == "window" else 1
+        try:
+            kind = window_kind(value, str(info.field_name), minimum=minimum)
+        except ValueError:
+            raise ValueError(f"expected a record count (an integer of at least {minimum}) "
+                             "or a duration such as 30s, 5m, 1h or 1d") from None
+        window = info.data.get("window")
+        if info.field_name == "step" and window is not None and (
+                kind != window_kind(window, "window", minimum=2)):
+            raise ValueError(f"expected a duration such as 1m, as window is one ({window})"
+                             if kind == "count" else
+                             f"expected a record count, as window counts records ({window})")
+        return value
+
+    @field_validator("allowed_lateness")
+    @classmethod
+    def _lateness_form(cls, value: str, info: ValidationInfo) -> str:
+        try:
+            lateness = parse_duration(value)
+        except ValueError:
+            raise ValueError("expected a duration such as 0s, 30s or 5m") from None
+        if lateness and isinstance(info.data.get("window"), int):
+            raise ValueError(f"applies to time windows only (window: 5m), not to a window of "
+                             f"{info.data['window']} records")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            time_zone(value)
+        except ValueError:
+            raise ValueError("expected an IANA time zone such as UTC or Europe/Paris (without a "
+                             "system zone database: pip install tzdata)") from None
+        return value
 
     @model_validator(mode="after")
     def _min_window_fits(self) -> FeatureDriftConfig:
-        if self.min_window > self.window:
+        if isinstance(self.window, int) and self.min_window > self.window:
             raise ValueError(f"min_window ({self.min_window}) must not exceed window "
                              f"({self.window})")
         return self
@@ -395,14 +172,26 @@ class FeatureDriftDetector:
     ``alpha`` of windows raise a false alarm. Windows that overlap share records, so their
     alarms are correlated.
 
+    With a duration as ``window`` (``"1h"``) the windows are tumbling windows by the records'
+    own timestamps (``FeatureBatch.times``), aligned to multiples of the duration since the
+    epoch, so a restart draws the same ones. A window closes when a record at or past its end
+    arrives; it is reported on that record (``records_seen`` counts it), or skipped when it
+    holds fewer than ``min_window`` records (``windows_skipped``), so a quiet hour raises no
+    noisy test. A record older than the newest timestamp by more than ``allowed_lateness`` is
+    late, and one without a timestamp untimed: both are counted (``late_records``,
+    ``untimed_records``, and per window in its :class:`TimedDriftReport`) and left out of
+    every window. :mod:`detectors._time_windows` states the rule in full.
+
     Parameters
     ----------
     name
         Configured id, used in reports and as a metric label.
     window
-        Records per tested window (at least 2).
+        Records per tested window (at least 2), or a duration (``"30s"``, ``"5m"``, ``"1h"``,
+        ``"1d"``) for windows by timestamp.
     step
-        New records between two scheduled reports; defaults to ``window`` (disjoint windows).
+        New records (or, for a time window, the duration) between two scheduled windows;
+        defaults to ``window`` (disjoint windows).
     alpha
         Per-window false-alarm level, in ``(0, 1)``.
     correction
@@ -410,7 +199,21 @@ class FeatureDriftDetector:
     top_k
         How many drifted features a report names in ``top_features``.
     min_window
-        Fewest records :meth:`test` will test (at most ``window``).
+        Fewest records :meth:`test` will test (at most a count ``window``); for time windows
+        also the fewest a scheduled window needs to be tested rather than skipped.
+    min_effect, min_effect_by_feature
+        Effect-size floor a feature must move, globally and per feature name.
+    allowed_lateness
+        Time windows: how far behind the newest timestamp a record may be and still join its
+        window (``"0s"``: any record older than the newest is late).
+    max_window_records
+        Time windows: the most records one window keeps for its test, a uniform sample beyond.
+    seasonality
+        ``"none"``, ``"hour_of_day"``, ``"day_of_week"`` or ``"hour_of_week"``: compare each
+        window with reference records of the same phases, in the window's phase mix
+        (:mod:`detectors._seasonality`). Needs timestamps on the reference and the stream.
+    timezone
+        IANA zone whose wall clock defines the phases (``"UTC"``).
 
     Examples
     --------
@@ -441,21 +244,26 @@ class FeatureDriftDetector:
         self,
         name: str = "feature_drift",
         *,
-        window: int = 1000,
-        step: int | None = None,
+        window: int | str = 1000,
+        step: int | str | None = None,
         alpha: float = 0.01,
         correction: Correction = "bh",
         top_k: int = 5,
         min_window: int = 100,
         min_effect: float = 0.0,
         min_effect_by_feature: dict[str, float] | None = None,
+        allowed_lateness: str = "0s",
+        max_window_records: int = 100_000,
+        seasonality: Seasonality = "none",
+        timezone: str = "UTC",
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty string, got {name!r}.")
-        if not _is_int(window) or window < 2:
-            raise ValueError(f"window must be an integer of at least 2, got {window!r}.")
-        if step is not None and (not _is_int(step) or step < 1):
-            raise ValueError(f"step must be a positive integer or None, got {step!r}.")
+        schedule = time_schedule(window, step, allowed_lateness, max_window_records)
+        if seasonality not in SEASONALITIES:
+            raise ValueError(f"seasonality must be one of {list(SEASONALITIES)}, got "
+                             f"{seasonality!r}.")
+        zone = time_zone(timezone)
         if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0.0 < alpha < 1.0:
             raise ValueError(f"alpha must be a number strictly between 0 and 1, got {alpha!r}.")
         if correction not in CORRECTIONS:
@@ -464,7 +272,7 @@ class FeatureDriftDetector:
             raise ValueError(f"top_k must be a positive integer, got {top_k!r}.")
         if not _is_int(min_window) or min_window < 1:
             raise ValueError(f"min_window must be a positive integer, got {min_window!r}.")
-        if min_window > window:
+        if schedule is None and min_window > int(window):
             raise ValueError(
                 f"min_window must not exceed window (got min_window={min_window}, "
                 f"window={window}); lower min_window as well."
@@ -479,23 +287,35 @@ class FeatureDriftDetector:
         self.min_effect = float(min_effect)
         self.min_effect_by_feature = {str(k): float(v)
                                       for k, v in (min_effect_by_feature or {}).items()}
-        self.window = int(window)
-        self.step = int(step) if step is not None else int(window)
+        resolved_step = window if step is None else step
+        self.window: int | str = window if schedule else int(window)
+        self.step: int | str = resolved_step if schedule else int(resolved_step)
+        self.allowed_lateness = allowed_lateness
+        self.max_window_records = int(max_window_records)
+        self.seasonality: Seasonality = seasonality
+        self.timezone = timezone
+        self._schedule = schedule
+        self._zone = zone
         self.alpha = float(alpha)
         self.correction: Correction = correction
         self.top_k = int(top_k)
         self.min_window = int(min_window)
         self._lock = threading.RLock()
-        self._schema: _Schema | None = None
-        self._numeric_reference: _NumericReference | None = None
-        self._categorical_reference: _CategoricalReference | None = None
+        self._schema: SummarySchema | None = None
+        self._numeric_reference: NumericReference | None = None
+        self._categorical_reference: CategoricalReference | None = None
         self._window_numeric = np.zeros((0, 0))
         self._window_categorical = np.zeros((0, 0), dtype=np.int32)
         self._write_position = 0
         self._fill = 0
         self._records_seen = 0
-        self._next_report_at = self.window
+        self._next_report_at = self.window if isinstance(self.window, int) else 0
         self._windows_tested = 0
+        self._time_windows: TimeWindows | None = None
+        self._window_times = np.zeros(0)
+        self._seasonal: SeasonalReference[Summary] | None = None
+        self._windows_skipped = 0
+        self._untimed_total = 0
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -503,11 +323,15 @@ class FeatureDriftDetector:
     def from_config(cls, config: FeatureDriftConfig, context: DetectorContext
                     ) -> FeatureDriftDetector:
         """Build from a ``detectors:`` entry and fit on the context's reference."""
+        min_window = (min(config.min_window, config.window) if isinstance(config.window, int)
+                      else config.min_window)
         detector = cls(config.resolved_name(), window=config.window, step=config.step,
                        alpha=config.alpha, correction=config.correction, top_k=config.top_k,
-                       min_window=min(config.min_window, config.window),
-                       min_effect=config.min_effect,
-                       min_effect_by_feature=dict(config.min_effect_by_feature))
+                       min_window=min_window, min_effect=config.min_effect,
+                       min_effect_by_feature=dict(config.min_effect_by_feature),
+                       allowed_lateness=config.allowed_lateness,
+                       max_window_records=config.max_window_records,
+                       seasonality=config.seasonality, timezone=config.timezone)
         detector.fit(context.reference)
         return detector
 
@@ -547,6 +371,15 @@ class FeatureDriftDetector:
             {"min_effect": 1.5},
             {"min_effect": -0.1},
             {"min_effect_by_feature": {"score": "big"}},
+            {"window": "5x"},
+            {"window": "0s"},
+            {"window": "5m", "step": 60},
+            {"window": 100, "step": "1m"},
+            {"window": 100, "allowed_lateness": "10s"},
+            {"window": "5m", "allowed_lateness": "-1s"},
+            {"window": "5m", "max_window_records": 1},
+            {"seasonality": "monthly"},
+            {"timezone": "Mars/Olympus_Mons"},
         ]
 
     def get_params(self) -> dict[str, Any]:
@@ -561,6 +394,10 @@ class FeatureDriftDetector:
             "min_window": self.min_window,
             "min_effect": self.min_effect,
             "min_effect_by_feature": dict(self.min_effect_by_feature),
+            "allowed_lateness": self.allowed_lateness,
+            "max_window_records": self.max_window_records,
+            "seasonality": self.seasonality,
+            "timezone": self.timezone,
         }
 
     def __repr__(self) -> str:
@@ -574,13 +411,35 @@ class FeatureDriftDetector:
 
     @property
     def window_fill(self) -> int:
-        """Records currently in the window (at most ``window``)."""
+        """Records currently in the window (at most a count ``window``); for time windows, in
+        the oldest open window, the one the next report will test."""
+        if self._time_windows is not None:
+            return self._time_windows.oldest_fill
         return self._fill
 
     @property
     def windows_tested(self) -> int:
         """Windows tested since the last fit, by :meth:`update` and :meth:`test` together."""
         return self._windows_tested
+
+    @property
+    def windows_skipped(self) -> int:
+        """Time windows closed with fewer than ``min_window`` records, left untested."""
+        return self._windows_skipped
+
+    @property
+    def late_records(self) -> int:
+        """Time windows: records since the last fit that arrived too late to join their window."""
+        return 0 if self._time_windows is None else self._time_windows.late_total
+
+    @property
+    def untimed_records(self) -> int:
+        """Records since the last fit without a timestamp, where the windows or the seasonal
+        reference needed one (left out of time windows; compared with the whole reference
+        in a seasonal count window)."""
+        if self._time_windows is not None:
+            return self._time_windows.untimed_total
+        return self._untimed_total
 
     @property
     def records_seen(self) -> int:
@@ -596,17 +455,17 @@ class FeatureDriftDetector:
     # -- the detector protocol ---------------------------------------------------------------
 
     def fit(self, reference: FeatureBatch) -> None:
-        """Summarise ``reference`` and start a fresh, empty window."""
-        if len(reference) == 0:
-            raise ValueError("The reference batch must hold at least one record.")
-        if not reference.feature_names:
-            raise ValueError("The reference batch has no numeric or categorical feature to test.")
-        with self._lock:
-            self._schema = _Schema.of(reference)
-            self._numeric_reference = _NumericReference.summarise(reference.numeric)
-            self._categorical_reference = _CategoricalReference.summarise(
-                reference.categorical, reference.categorical_vocab
+        """Summarise ``reference`` and start afresh: an empty window, schedule and counters."""
+        self._check_reference(reference)
+        if self._schedule is not None and reference.times is None:
+            raise ValueError(
+                f"{self.name}: window={self.window!r} is a time window but the reference "
+                "records carry no timestamps; name the timestamp field in the schema "
+                "(schema.timestamp) or count records instead (window: 1000)."
             )
+        with self._lock:
+            self._schema = SummarySchema.of(reference)
+            self._install_reference(reference)
             self._reset_window(len(reference.numeric_names), len(reference.categorical_names))
         logger.info(
             "%s fitted on %d reference records (%d numeric, %d categorical features)",
@@ -616,21 +475,47 @@ class FeatureDriftDetector:
             len(reference.categorical_names),
         )
 
+    def set_reference(self, reference: FeatureBatch) -> None:
+        """Replace the reference, keeping the window, the schedule and every counter.
+
+        A reference that moves (a rolling reference following the stream, an analyst's
+        approved window) must not restart the stream as :meth:`fit` does: the records already
+        in the window are tested against the new reference when their window is due, and the
+        reports stay on the schedule a restart reproduces.
+        """
+        self._check_reference(reference)
+        with self._lock:
+            self._require_fitted()
+            assert self._schema is not None
+            if not self._schema.matches(reference):
+                raise FeatureSchemaError(
+                    f"{self.name}: the new reference's features differ from the fitted ones; "
+                    "call fit(reference) to change the features (it restarts the window)."
+                )
+            self._install_reference(reference)
+        logger.info("%s tests against a new reference of %d records", self.name, len(reference))
+
     def update(self, batch: FeatureBatch) -> list[DriftReport]:
         """Append ``batch`` to the window; one report per window that became due meanwhile."""
         with self._lock:
             self._check_batch(batch)
+            if self._time_windows is not None:
+                return self._update_by_time(batch)
+            if self._seasonal is not None:
+                assert batch.times is not None
+                self._untimed_total += int(np.isnan(batch.times).sum())
             reports: list[DriftReport] = []
             start, n = 0, len(batch)
             while start < n:
                 take = min(n - start, self._next_report_at - self._records_seen)
-                self._append(
-                    batch.numeric[start : start + take], batch.categorical[start : start + take]
-                )
+                chunk = slice(start, start + take)
+                self._append(batch.numeric[chunk], batch.categorical[chunk],
+                             None if batch.times is None else batch.times[chunk])
                 start += take
                 self._records_seen += take
                 if self._records_seen == self._next_report_at:
                     reports.append(self._test_current_window())
+                    assert isinstance(self.step, int)
                     self._next_report_at += self.step
             return reports
 
@@ -639,19 +524,29 @@ class FeatureDriftDetector:
 
         The next report falls when ``records_seen`` reaches the next multiple of the schedule
         (window, then every step); its window starts ``window`` records before that. Records
-        from there to now are what a fresh detector must see again to report identically.
+        from there to now are what a fresh detector must see again to report identically. For
+        time windows: the records since the first record of the oldest open window.
         """
         with self._lock:
+            if self._time_windows is not None:
+                return self._time_windows.records_to_replay(self._records_seen)
+            assert isinstance(self.window, int)
             first_of_next_window = max(0, self._next_report_at - self.window)
             return max(0, self._records_seen - first_of_next_window)
 
     def test(self) -> DriftReport | None:
         """Test the window as it is now; ``None`` if it holds fewer than ``min_window`` records.
 
-        Does not move the schedule of :meth:`update`'s reports.
+        Does not move the schedule of :meth:`update`'s reports. For time windows it tests the
+        oldest open window, the one the next scheduled report will cover.
         """
         with self._lock:
             self._require_fitted()
+            if self._time_windows is not None:
+                window = self._time_windows.current(self._records_seen)
+                if window is None or window.records < self.min_window:
+                    return None
+                return self._test_time_window(window)
             if self._fill < self.min_window:
                 return None
             return self._test_current_window()
@@ -672,20 +567,28 @@ class FeatureDriftDetector:
                 "format_version": np.asarray(_STATE_FORMAT_VERSION),
                 "window.numeric": self._window_numeric.copy(),
                 "window.categorical": self._window_categorical.copy(),
+                "window.times": self._window_times.copy(),
                 "window.write_position": np.asarray(self._write_position),
                 "window.fill": np.asarray(self._fill),
                 "stream.records_seen": np.asarray(self._records_seen),
                 "stream.next_report_at": np.asarray(self._next_report_at),
                 "stream.windows_tested": np.asarray(self._windows_tested),
+                "stream.windows_skipped": np.asarray(self._windows_skipped),
+                "stream.untimed_records": np.asarray(self._untimed_total),
             }
             for key, value in self.get_params().items():
                 if key != "name":
                     state[f"params.{key}"] = np.asarray(_param_state(value))
-            for prefix, part in (
+            parts = [
                 ("schema", self._schema.to_state()),
                 ("numeric_reference", self._numeric_reference.to_state()),
                 ("categorical_reference", self._categorical_reference.to_state()),
-            ):
+            ]
+            if self._time_windows is not None:
+                parts.append(("time", self._time_windows.to_state()))
+            if self._seasonal is not None:
+                parts.append(("seasonal", self._seasonal.to_state()))
+            for prefix, part in parts:
                 state.update({f"{prefix}.{key}": value.copy() for key, value in part.items()})
             return state
 
@@ -700,7 +603,7 @@ class FeatureDriftDetector:
                    if key != "name"}
         # A state saved before a parameter existed was saved with its default.
         saved = {key: state[f"params.{key}"].item() if f"params.{key}" in state
-                 else current[key] for key in current}
+                 else _default_params()[key] for key in current}
         if saved != current:
             raise ValueError(f"The state was saved with parameters {saved}, not {current}.")
 
@@ -712,24 +615,51 @@ class FeatureDriftDetector:
             }
 
         with self._lock:
-            self._schema = _Schema.from_state(part("schema"))
-            self._numeric_reference = _NumericReference.from_state(part("numeric_reference"))
-            self._categorical_reference = _CategoricalReference.from_state(
+            self._schema = SummarySchema.from_state(part("schema"))
+            self._numeric_reference = NumericReference.from_state(part("numeric_reference"))
+            self._categorical_reference = CategoricalReference.from_state(
                 part("categorical_reference")
             )
             self._window_numeric = np.array(state["window.numeric"], dtype=np.float64)
             self._window_categorical = np.array(state["window.categorical"], dtype=np.int32)
+            self._window_times = np.array(state.get("window.times", np.zeros(0)),
+                                          dtype=np.float64)
             self._write_position = int(state["window.write_position"])
             self._fill = int(state["window.fill"])
             self._records_seen = int(state["stream.records_seen"])
             self._next_report_at = int(state["stream.next_report_at"])
             self._windows_tested = int(state["stream.windows_tested"])
+            self._windows_skipped = int(state.get("stream.windows_skipped", 0))
+            self._untimed_total = int(state.get("stream.untimed_records", 0))
+            self._time_windows = None
+            if self._schedule is not None:
+                self._time_windows = TimeWindows(self._schedule, len(self._schema.numeric_names),
+                                                 len(self._schema.categorical_names))
+                self._time_windows.load_state(part("time"))
+            self._seasonal = None
+            if self.seasonality != "none":
+                seasonal = part("seasonal")
+                self._seasonal = self._seasonal_reference(
+                    seasonal["phase"], seasonal["numeric"], seasonal["categorical"])
 
     # -- internals ---------------------------------------------------------------------------
 
     def _require_fitted(self) -> None:
         if self._schema is None:
             raise NotFittedError(f"{self!r} is not fitted; call fit(reference) first.")
+
+    def _check_reference(self, reference: FeatureBatch) -> None:
+        if len(reference) == 0:
+            raise ValueError("The reference batch must hold at least one record.")
+        if not reference.feature_names:
+            raise ValueError("The reference batch has no numeric or categorical feature to test.")
+        if self.seasonality != "none" and (
+                reference.times is None or np.isnan(reference.times).all()):
+            raise ValueError(
+                f"{self.name}: seasonality={self.seasonality!r} needs reference records with "
+                "timestamps; name the timestamp field in the schema (schema.timestamp) or set "
+                "seasonality: none."
+            )
 
     def _check_batch(self, batch: FeatureBatch) -> None:
         self._require_fitted()
@@ -741,37 +671,109 @@ class FeatureDriftDetector:
                 f"{batch.categorical_names} vs {self._schema.categorical_names}, or their "
                 "vocabularies); refit the detector after changing the encoder."
             )
+        if batch.times is None and (self._schedule is not None or self._seasonal is not None):
+            needs = (f"window={self.window!r}" if self._schedule is not None
+                     else f"seasonality={self.seasonality!r}")
+            raise ValueError(
+                f"{self.name}: {needs} needs each record's timestamp but the batch carries "
+                "none; name the timestamp field in the schema (schema.timestamp)."
+            )
+
+    def _install_reference(self, reference: FeatureBatch) -> None:
+        self._numeric_reference = NumericReference.summarise(reference.numeric)
+        self._categorical_reference = CategoricalReference.summarise(
+            reference.categorical, reference.categorical_vocab
+        )
+        self._seasonal = None
+        if self.seasonality != "none":
+            assert reference.times is not None
+            self._seasonal = self._seasonal_reference(
+                seasonal_phases(reference.times, self.seasonality, self._zone),
+                reference.numeric, reference.categorical)
+
+    def _seasonal_reference(self, phase: np.ndarray, numeric: np.ndarray,
+                            categorical: np.ndarray) -> SeasonalReference[Summary]:
+        assert self._schema is not None
+        vocab = self._schema.categorical_vocab
+
+        def summarise(numeric: np.ndarray, categorical: np.ndarray) -> Summary:
+            return (NumericReference.summarise(numeric),
+                    CategoricalReference.summarise(categorical, vocab))
+
+        return SeasonalReference(phase, PERIODS[self.seasonality],
+                                 {"numeric": numeric, "categorical": categorical}, summarise)
 
     def _reset_window(self, n_numeric: int, n_categorical: int) -> None:
-        self._window_numeric = np.zeros((self.window, n_numeric), dtype=np.float64)
-        self._window_categorical = np.zeros((self.window, n_categorical), dtype=np.int32)
+        self._records_seen = 0
+        self._windows_tested = 0
+        self._windows_skipped = 0
+        self._untimed_total = 0
         self._write_position = 0
         self._fill = 0
-        self._records_seen = 0
+        if self._schedule is not None:
+            self._time_windows = TimeWindows(self._schedule, n_numeric, n_categorical)
+            return
+        assert isinstance(self.window, int)
+        self._window_numeric = np.zeros((self.window, n_numeric), dtype=np.float64)
+        self._window_categorical = np.zeros((self.window, n_categorical), dtype=np.int32)
+        self._window_times = np.full(self.window if self._seasonal is not None else 0, np.nan)
         self._next_report_at = self.window
-        self._windows_tested = 0
 
-    def _append(self, numeric: np.ndarray, categorical: np.ndarray) -> None:
+    def _append(self, numeric: np.ndarray, categorical: np.ndarray,
+                times: np.ndarray | None) -> None:
         """Write rows into the ring buffer; only the last ``window`` rows of a long chunk matter."""
+        assert isinstance(self.window, int)
+        if self._window_times.size == 0:
+            times = None  # only a seasonal count window needs its records' times
         n = numeric.shape[0]
         if n >= self.window:
             self._window_numeric[:] = numeric[-self.window :]
             self._window_categorical[:] = categorical[-self.window :]
+            if times is not None:
+                self._window_times[:] = times[-self.window :]
             self._write_position = 0
             self._fill = self.window
             return
         rows = (self._write_position + np.arange(n)) % self.window
         self._window_numeric[rows] = numeric
         self._window_categorical[rows] = categorical
+        if times is not None:
+            self._window_times[rows] = times
         self._write_position = (self._write_position + n) % self.window
         self._fill = min(self.window, self._fill + n)
+
+    def _update_by_time(self, batch: FeatureBatch) -> list[DriftReport]:
+        assert self._time_windows is not None and batch.times is not None
+        closed = self._time_windows.feed(batch.numeric, batch.categorical, batch.times,
+                                         self._records_seen)
+        self._records_seen += len(batch)
+        reports: list[DriftReport] = []
+        for window in closed:
+            if window.records >= self.min_window:
+                reports.append(self._test_time_window(window))
+                continue
+            self._windows_skipped += 1
+            logger.debug("%s skipped the window from %s: %d records, fewer than min_window %d",
+                         self.name, window.start, window.records, self.min_window)
+        return reports
+
+    def _test_time_window(self, window: ClosedWindow) -> TimedDriftReport:
+        report, selection = self._test_window(window.numeric, window.categorical, window.times,
+                                              records_seen=window.closed_at)
+        self._windows_tested += 1
+        return _timed(report, selection, self.seasonality, window_start=window.start,
+                      window_end=window.end, records_in_window=window.records,
+                      first_record=window.first_record, last_record=window.last_record,
+                      late_records=window.late_records, untimed_records=window.untimed_records)
 
     def _test_current_window(self) -> DriftReport:
         # Before the ring wraps the records occupy [0, fill); after, the whole buffer. Order
         # does not matter to either test.
-        report = self._test_window(
-            self._window_numeric[: self._fill], self._window_categorical[: self._fill]
-        )
+        fill = self._fill
+        times = self._window_times[:fill] if self._seasonal is not None else None
+        report, selection = self._test_window(
+            self._window_numeric[:fill], self._window_categorical[:fill], times,
+            records_seen=self._records_seen)
         self._windows_tested += 1
         logger.debug(
             "%s tested %d records at record %d: rejected=%s p=%.3g",
@@ -781,20 +783,32 @@ class FeatureDriftDetector:
             report.rejected,
             report.p_value,
         )
-        return report
+        if times is None:
+            return report
+        return _timed(report, selection, self.seasonality, records_in_window=fill,
+                      first_record=self._records_seen - fill + 1, last_record=self._records_seen,
+                      untimed_records=int(np.isnan(times).sum()))
 
-    def _test_window(self, numeric: np.ndarray, categorical: np.ndarray) -> DriftReport:
+    def _test_window(self, numeric: np.ndarray, categorical: np.ndarray,
+                     times: np.ndarray | None, *, records_seen: int
+                     ) -> tuple[DriftReport, Selection | None]:
         assert self._schema is not None
         assert self._numeric_reference is not None
         assert self._categorical_reference is not None
-        numeric_reference, categorical_reference = (
-            self._numeric_reference,
-            self._categorical_reference,
-        )
+        selection: Selection | None = None
+        if self._seasonal is not None:
+            assert times is not None
+            (numeric_reference, categorical_reference), selection = self._seasonal.summary(
+                seasonal_phases(times, self.seasonality, self._zone))
+        else:
+            numeric_reference, categorical_reference = (
+                self._numeric_reference,
+                self._categorical_reference,
+            )
         n_window = numeric.shape[0]
         ks_statistics = numeric_reference.ks_statistics(numeric)
         ks_p_values = ks_p_value(ks_statistics, numeric_reference.n, n_window)
-        window_counts = _count_codes(categorical, categorical_reference.offsets)
+        window_counts = count_codes(categorical, categorical_reference.offsets)
         chi2_results: list[ChiSquaredResult] = []
         total_variation: list[float] = []
         for j in range(len(self._schema.categorical_names)):
@@ -846,7 +860,7 @@ class FeatureDriftDetector:
             position = n_numeric + j
             start, stop = categorical_reference.offsets[j], categorical_reference.offsets[j + 1]
             features.append(
-                _categorical_feature_test(
+                categorical_feature_test(
                     name=name,
                     vocab=self._schema.categorical_vocab[j],
                     reference_counts=categorical_reference.feature_counts(j),
@@ -872,50 +886,25 @@ class FeatureDriftDetector:
             rejected=bool(rejected.any()),
             features=tuple(features),
             top_features=top_features,
-            records_seen=self._records_seen,
-        )
+            records_seen=records_seen,
+        ), selection
 
 
-def _categorical_feature_test(
-    *,
-    name: str,
-    vocab: tuple[str, ...],
-    reference_counts: np.ndarray,
-    window_counts: np.ndarray,
-    chi2: ChiSquaredResult,
-    adjusted_p_value: float,
-    rejected: bool,
-    effect_size: float,
-) -> FeatureTest:
-    n_reference, n_window = int(reference_counts.sum()), int(window_counts.sum())
-    reference_share = reference_counts / max(n_reference, 1)
-    window_share = window_counts / max(n_window, 1)
-    known_change = np.abs(window_share[:-1] - reference_share[:-1])
-    most_moved = np.argsort(-known_change, kind="stable")[:_CATEGORY_SHIFTS_REPORTED]
-    shifts = tuple(
-        CategoryShift(
-            category=vocab[i],
-            reference_fraction=float(reference_share[i]),
-            window_fraction=float(window_share[i]),
-        )
-        for i in most_moved
-        if known_change[i] > 0.0
-    )
-    return FeatureTest(
-        name=name,
-        kind="categorical",
-        test="chi2",
-        statistic=chi2.statistic,
-        p_value=chi2.p_value,
-        adjusted_p_value=adjusted_p_value,
-        rejected=rejected,
-        effect_size=effect_size,
-        degrees_of_freedom=chi2.degrees_of_freedom,
-        new_categories=int(window_counts[-1]),
-        new_category_fraction=float(window_share[-1]),
-        reference_new_category_fraction=float(reference_share[-1]),
-        category_shifts=shifts,
-    )
+def _timed(report: DriftReport, selection: Selection | None, seasonality: str,
+           **window: Any) -> TimedDriftReport:
+    """``report`` with where its window lies and which reference records it met."""
+    base: dict[str, Any] = {f.name: getattr(report, f.name)
+                            for f in dataclasses.fields(DriftReport)}
+    if selection is not None:
+        base.update(seasonal_fallback_phases=selection.fallback_phases,
+                    seasonal_fallback_records=selection.fallback_records)
+    return TimedDriftReport(**base, seasonality=seasonality, **window)
+
+
+@functools.cache
+def _default_params() -> dict[str, Any]:
+    """Every hyperparameter's default, as a state holds it (for states saved before it)."""
+    return {key: _param_state(value) for key, value in FeatureDriftDetector().get_params().items()}
 
 
 def _param_state(value: Any) -> Any:

@@ -1,4 +1,5 @@
-"""What MetaSentry remembers: incidents, labels, quarantine, drift reports, positions, models.
+"""What MetaSentry remembers: incidents, labels, quarantine, drift reports, positions, models
+and reference versions.
 
 SQLite by default, PostgreSQL by URL; the schema is managed by the Alembic migrations shipped
 inside this package (``Store.upgrade``).
@@ -26,14 +27,19 @@ from storage.records import (
     ModelVersionNotFound,
     NewDriftReport,
     NewIncident,
+    NewReferenceVersion,
     QuarantinedRecord,
     QuarantineEntry,
+    ReferenceVersion,
+    ReferenceVersionNotFound,
     StoreRejected,
     StoreUnavailable,
 )
+from storage.references import BENIGN_DRIFT
 from storage.store import Store
 
 __all__ = [
+    "BENIGN_DRIFT",
     "LABEL_STATUSES",
     "MODEL_STATUSES",
     "SEVERITIES",
@@ -52,8 +58,11 @@ __all__ = [
     "ModelVersionNotFound",
     "NewDriftReport",
     "NewIncident",
+    "NewReferenceVersion",
     "QuarantineEntry",
     "QuarantinedRecord",
+    "ReferenceVersion",
+    "ReferenceVersionNotFound",
     "Store",
     "StoreRejected",
     "StoreTimeouts",

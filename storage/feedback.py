@@ -30,6 +30,7 @@ from storage.records import (
     LabelledRecord,
     require_text,
 )
+from storage.references import BENIGN_DRIFT, approve_candidates
 
 _INCIDENTS: Table = Base.metadata.tables["incidents"]
 _LABELS: Table = Base.metadata.tables["labels"]
@@ -75,7 +76,8 @@ class FeedbackStore:
 
         The incident becomes ``labelled`` and carries the label; the new label rows are
         ``pending`` (screening and adaptation will look at them), or ``noted`` when the
-        incident has no example records.
+        incident has no example records. ``benign_drift`` on a drift incident also approves
+        the window kept beside it as a reference candidate (:mod:`storage.references`).
         """
         label = require_label_text("label", label, MAX_LABEL_CHARS)
         actor = require_label_text("actor", actor, MAX_ACTOR_CHARS)
@@ -108,6 +110,8 @@ class FeedbackStore:
             ids: list[int] = [
                 connection.execute(_LABELS.insert().values(**v).returning(_LABELS.c.id))
                 .scalar_one() for v in values]
+            if label == BENIGN_DRIFT:
+                approve_candidates(connection, incident_id, actor, now)
             incident = Incident(**connection.execute(
                 select(_INCIDENTS).where(_INCIDENTS.c.id == incident_id)).one()._asdict())
             created = [Label(**row._asdict()) for row in connection.execute(

@@ -45,6 +45,8 @@ from storage.records import (
     MAX_REASON_CHARS,
     MAX_SOURCE_CHARS,
     MODEL_STATUSES,
+    REFERENCE_ORIGINS,
+    REFERENCE_STATUSES,
     SEVERITIES,
     STATUSES,
 )
@@ -267,6 +269,43 @@ class ModelVersionRow(Base):
     label_ids: Mapped[list[int] | None] = mapped_column(JSON)
     trigger: Mapped[str | None] = mapped_column(StorableText)
     reasons: Mapped[list[str] | None] = mapped_column(JSON)
+
+
+class ReferenceVersionRow(Base):
+    """One version of what "normal" is for one window detector of one source, or a candidate.
+
+    Versions (``version`` set) form a history per (source, detector) with exactly one
+    ``active``; candidates (``version`` NULL) are a drift window's records kept beside its
+    incident until an analyst labels it ``benign_drift`` (``approved``) and the agent merges it
+    into a new version (``applied``). ``data`` is an npz archive (no pickle) checked against
+    ``sha256`` on load.
+    """
+
+    __tablename__ = "reference_versions"
+    __table_args__ = (
+        UniqueConstraint("source", "detector", "version"),
+        UniqueConstraint("source", "detector", "incident_key"),
+        CheckConstraint(_one_of("status", REFERENCE_STATUSES), name="status"),
+        CheckConstraint(_one_of("origin", REFERENCE_ORIGINS), name="origin"),
+        Index(None, "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime]
+    source: Mapped[str] = mapped_column(StorableString(MAX_SOURCE_CHARS))
+    detector: Mapped[str] = mapped_column(StorableString(MAX_DETECTOR_CHARS))
+    version: Mapped[int | None] = mapped_column(Integer)
+    origin: Mapped[str] = mapped_column(StorableString(16))
+    status: Mapped[str] = mapped_column(StorableString(16))
+    parent: Mapped[int | None] = mapped_column(Integer)
+    incident_key: Mapped[str | None] = mapped_column(StorableString(MAX_OFFSET_KEY_CHARS))
+    actor: Mapped[str | None] = mapped_column(StorableString(MAX_ACTOR_CHARS))
+    note: Mapped[str | None] = mapped_column(StorableText)
+    n_records: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(StorableString(64))
+    summary: Mapped[dict[str, Any]]
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    updated_at: Mapped[datetime | None]
 
 
 class ModelArtifactRow(Base):

@@ -23,6 +23,15 @@ LABEL_STATUSES: tuple[str, ...] = ("pending", "held", "released", "used", "rejec
 #: candidate: being evaluated; active: serving; rejected: failed its canary; retired: replaced.
 MODEL_STATUSES: tuple[str, ...] = ("candidate", "active", "rejected", "retired")
 
+#: where a reference version came from: the configured file, the rolling reference, an
+#: approved benign-drift window merged in, a rollback to an earlier version; candidates are
+#: a drift window's records (``window``) or a rolling reference held back (``rolling``)
+REFERENCE_ORIGINS: tuple[str, ...] = ("initial", "rolling", "approved", "rollback", "window")
+#: versions: active → superseded (→ pruned: data dropped); candidates: candidate → approved
+#: (labelled ``benign_drift``) → applied (merged into a version by the agent)
+REFERENCE_STATUSES: tuple[str, ...] = ("active", "superseded", "pruned", "candidate",
+                                       "approved", "applied")
+
 # Column widths, shared with storage.models so validation and schema cannot disagree.
 MAX_KIND_CHARS = 32
 MAX_SOURCE_CHARS = 255
@@ -345,6 +354,72 @@ class ModelVersion:
 
     def to_dict(self) -> dict[str, Any]:
         return _as_json_ready(self)
+
+
+@dataclass(frozen=True)
+class NewReferenceVersion:
+    """A reference version (``candidate=False``) or candidate to store with a batch's commit.
+
+    A version becomes the active one of its (source, detector), superseding the previous;
+    a candidate is kept under its incident's key until a ``benign_drift`` label approves it.
+    ``data`` is the npz archive of the records (``detectors.reference.pack``).
+    """
+
+    source: str
+    detector: str
+    origin: str
+    data: bytes
+    sha256: str
+    n_records: int
+    summary: Mapping[str, Any]
+    version: int | None = None
+    parent: int | None = None
+    incident_key: str | None = None
+    actor: str | None = None
+    note: str | None = None
+
+    def __post_init__(self) -> None:
+        require_text("source", self.source, MAX_SOURCE_CHARS)
+        require_text("detector", self.detector, MAX_DETECTOR_CHARS)
+        if self.origin not in REFERENCE_ORIGINS:
+            raise ValueError(f"origin must be one of {list(REFERENCE_ORIGINS)}, "
+                             f"got {self.origin!r}.")
+        if (self.version is None) == (self.incident_key is None):
+            raise ValueError("a reference row is either a version (version set) or a "
+                             "candidate (incident_key set), not both or neither.")
+        _require_optional_text("incident_key", self.incident_key, MAX_OFFSET_KEY_CHARS)
+        _require_optional_text("actor", self.actor, MAX_ACTOR_CHARS)
+
+
+@dataclass(frozen=True)
+class ReferenceVersion:
+    """A stored reference version or candidate, without its data (see ``reference_data``)."""
+
+    id: int
+    created_at: datetime
+    source: str
+    detector: str
+    version: int | None
+    origin: str
+    status: str
+    parent: int | None
+    incident_key: str | None
+    actor: str | None
+    note: str | None
+    n_records: int
+    sha256: str
+    summary: dict[str, Any]
+    updated_at: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _as_json_ready(self)
+
+
+class ReferenceVersionNotFound(KeyError):
+    """Raised when a reference version does not exist (API maps it to 404)."""
+
+    def __str__(self) -> str:
+        return f"reference version {self.args[0]} does not exist"
 
 
 @dataclass(frozen=True)

@@ -71,12 +71,14 @@ from storage.records import (
     IncidentUpdate,
     NewDriftReport,
     NewIncident,
+    NewReferenceVersion,
     QuarantinedRecord,
     QuarantineEntry,
     StoreRejected,
     StoreUnavailable,
     require_text,
 )
+from storage.references import ReferenceStore, insert_references
 from storage.registry import RegistryStore
 from storage.text import is_storable
 from storage.urls import redact_url
@@ -170,11 +172,12 @@ def _drift_report_values(report: NewDriftReport, now: datetime) -> dict[str, Any
     }
 
 
-class Store(FeedbackStore, RegistryStore):
+class Store(FeedbackStore, RegistryStore, ReferenceStore):
     """SQL persistence for incidents, labels, quarantine, drift reports, offsets and models.
 
     Labels and example records live in :class:`~storage.feedback.FeedbackStore`, the model
-    registry in :class:`~storage.registry.RegistryStore`; both share this class's sessions.
+    registry in :class:`~storage.registry.RegistryStore`, reference versions in
+    :class:`~storage.references.ReferenceStore`; all share this class's sessions.
 
     Parameters
     ----------
@@ -272,6 +275,7 @@ class Store(FeedbackStore, RegistryStore):
         drift_reports: Sequence[NewDriftReport] = (),
         incident_updates: Sequence[IncidentUpdate] = (),
         examples: Sequence[IncidentExample] = (),
+        references: Sequence[NewReferenceVersion] = (),
     ) -> CommitResult:
         """Record everything one batch produced, and where the source got to, atomically.
 
@@ -279,7 +283,9 @@ class Store(FeedbackStore, RegistryStore):
         quarantined records under (source, offset_key) and drift reports under (source,
         detector, window_end_key) are skipped and counted as duplicates; updates of grouped
         incidents carry absolute counts, and example records are unique per incident.
-        ``position=None`` leaves the saved source position untouched.
+        ``position=None`` leaves the saved source position untouched. Reference versions and
+        candidates (:mod:`storage.references`) commit with the batch that produced them, so a
+        restart resumes with the reference the committed windows were tested against.
         """
         require_text("source", source, MAX_SOURCE_CHARS)
         now = _utcnow()
@@ -298,6 +304,7 @@ class Store(FeedbackStore, RegistryStore):
             )
             updated = self._update_groups(connection, incident_updates, now)
             stored = self._insert_examples(connection, examples, now)
+            insert_references(connection, self._dialect_insert, references, now)
             if position is not None:
                 self._save_position(connection, source, position, now)
         return CommitResult(

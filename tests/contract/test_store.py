@@ -25,7 +25,9 @@ from storage import (
     ModelVersionNotFound,
     NewDriftReport,
     NewIncident,
+    NewReferenceVersion,
     QuarantinedRecord,
+    ReferenceVersionNotFound,
     Store,
     StoreRejected,
 )
@@ -634,3 +636,75 @@ def test_checkpoint_empties_the_sqlite_write_ahead_log(store: Store, store_url: 
 
 def test_ping_answers_for_a_live_database(store: Store) -> None:
     assert store.ping()
+
+
+# --- reference versions ------------------------------------------------------------------
+
+
+def _reference_row(version: int | None, *, data: bytes = b"records", origin: str = "rolling",
+                   key: str | None = None, **extra: object) -> NewReferenceVersion:
+    import hashlib
+
+    return NewReferenceVersion(
+        source="stream", detector="drift", origin=origin, data=data,
+        sha256=hashlib.sha256(data).hexdigest(), n_records=10,
+        summary={"applied_candidates": [], **extra}, version=version,
+        parent=None if version in (None, 1) else version - 1, incident_key=key)  # type: ignore[arg-type]
+
+
+def test_reference_versions_keep_one_active_and_replays_add_nothing(store: Store) -> None:
+    store.commit_batch(source="stream", position=None,
+                       references=[_reference_row(1, origin="initial")])
+    for version in range(2, 10):
+        row = _reference_row(version, data=f"v{version}".encode())
+        store.commit_batch(source="stream", position=None, references=[row])
+        store.commit_batch(source="stream", position=None, references=[row])  # a replay
+    versions = store.list_references(source="stream", detector="drift", limit=100)
+    assert [v.version for v in versions] == list(range(9, 0, -1))
+    assert [v.status for v in versions if v.status == "active"] == ["active"]
+    assert store.active_reference("stream", "drift").version == 9  # type: ignore[union-attr]
+    # Older rolling versions keep their row (the history), not their records.
+    statuses = {v.version: v.status for v in versions}
+    assert statuses[1] == "superseded"  # an initial version is never pruned
+    assert [statuses[v] for v in range(2, 4)] == ["pruned", "pruned"]
+    assert store.reference_data(store.find_reference("stream", "drift", 8).id) == b"v8"
+    with pytest.raises(ValueError, match="pruned"):
+        store.reference_data(store.find_reference("stream", "drift", 2).id)
+
+
+def test_benign_drift_label_approves_the_window_kept_with_the_incident(store: Store) -> None:
+    key = "window:120"
+    drift = incident(120, kind="drift", offset_key=key, detector="drift")
+    store.commit_batch(source="stream", position=None, incidents=[drift],
+                       references=[_reference_row(None, origin="window", key=key)])
+    store.commit_batch(source="stream", position=None,  # replayed: still one candidate
+                       references=[_reference_row(None, origin="window", key=key)])
+    [candidate] = store.list_references(candidates=True)
+    assert candidate.status == "candidate"
+    stored = store.list_incidents(kind="drift")[0]
+    store.apply_label(stored.id, "benign", actor="ana")  # another label approves nothing
+    assert store.approved_candidates("stream", "drift") == []
+    store.apply_label(stored.id, "benign_drift", actor="ana")
+    [approved] = store.approved_candidates("stream", "drift")
+    assert (approved.id, approved.actor) == (candidate.id, "ana")
+
+
+def test_reference_data_is_checked_against_its_sha256(store: Store) -> None:
+    row = _reference_row(1, origin="initial")
+    store.commit_batch(source="stream", position=None,
+                       references=[NewReferenceVersion(**{**row.__dict__, "sha256": SHA})])
+    with pytest.raises(ValueError, match="sha256"):
+        store.reference_data(store.find_reference("stream", "drift", 1).id)
+
+
+def test_rollback_copies_an_old_version_into_a_new_active_one(store: Store) -> None:
+    for version in (1, 2):
+        store.commit_batch(source="stream", position=None, references=[
+            _reference_row(version, data=f"v{version}".encode(),
+                           origin="initial" if version == 1 else "approved")])
+    rolled = store.rollback_reference("stream", "drift", 1, actor="ana")
+    assert (rolled.version, rolled.origin, rolled.parent, rolled.status) == (
+        3, "rollback", 1, "active")
+    assert store.reference_data(rolled.id) == b"v1"
+    with pytest.raises(ReferenceVersionNotFound):
+        store.rollback_reference("stream", "drift", 7, actor="ana")

@@ -309,3 +309,38 @@ def test_docs_need_the_token_when_reads_do(write_config: Callable[..., Path],
 
 def test_status_filter_names_the_store_statuses() -> None:
     assert INCIDENT_STATUSES == STATUSES
+
+
+def test_reference_versions_read_and_roll_back_with_the_token(
+        write_config: Callable[..., Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    from storage import NewReferenceVersion
+
+    monkeypatch.setenv("METASENTRY_API_TOKEN", "tok")
+    agent = _agent(write_config)
+    for version in (1, 2):
+        data = f"records v{version}".encode()
+        agent.store.commit_batch(source="s", position=None, references=[NewReferenceVersion(
+            source="s", detector="feature_drift", data=data,
+            origin="initial" if version == 1 else "rolling",
+            sha256=hashlib.sha256(data).hexdigest(), n_records=5,
+            summary={"applied_candidates": []}, version=version,
+            parent=None if version == 1 else 1)])
+    client = TestClient(create_app(agent))
+    listed = client.get("/v1/references").json()
+    assert listed["mode"] == "fixed"
+    assert [r["version"] for r in listed["references"]] == [2, 1]
+    assert "data" not in listed["references"][0]
+    one = client.get(f"/v1/references/{listed['references'][1]['id']}").json()
+    assert one["origin"] == "initial"
+    assert client.get("/v1/references/999").status_code == 404
+    body = {"source": "s", "detector": "feature_drift", "version": 1, "actor": "ana"}
+    assert client.post("/v1/references/rollback", json=body).status_code == 401
+    rolled = client.post("/v1/references/rollback", json=body,
+                         headers={"Authorization": "Bearer tok"})
+    assert rolled.status_code == 200, rolled.text
+    assert (rolled.json()["version"], rolled.json()["origin"]) == (3, "rollback")
+    missing = client.post("/v1/references/rollback", json={**body, "version": 9},
+                          headers={"Authorization": "Bearer tok"})
+    assert missing.status_code == 404

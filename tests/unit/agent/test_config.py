@@ -53,7 +53,8 @@ def test_every_structural_error_is_reported_at_once(write_config: Callable[..., 
     })
     code, out = _check(path, env={"METASENTRY_API_TOKEN": token})
     assert code == 2
-    assert "detectors[0].window: invalid value (got 'abc', expected an integer)" in out
+    assert ("detectors[0].window: expected a record count (an integer of at least 2) or a "
+            "duration such as 30s, 5m, 1h or 1d (got 'abc')") in out
     assert "detectors[0].alpha: invalid value (got 2, expected a number < 1" in out
     assert "detectors[0].windw: unknown key" in out
     assert ("sources[0].mode: invalid value (got 'tail', expected one of 'follow' or "
@@ -219,7 +220,7 @@ def test_detector_entries_are_checked_by_their_own_type(write_config: Callable[.
     errors = "\n".join(caught.value.errors)
     assert "detectors[0].window:" in errors
     assert "unknown type (got 'mmd', expected one of activation_clustering, adversarial, " \
-        "classifier, feature_drift, " in errors
+        "classifier, classifier_drift, feature_drift, " in errors
 
 
 def test_the_classifier_needs_the_model_and_the_model_needs_labels(
@@ -244,3 +245,23 @@ def test_a_missing_model_directory_and_signing_key_are_named(
     errors = "\n".join(caught.value.errors)
     assert "model.path: no model directory" in errors
     assert "model.signing_key_env: environment variable MODEL_KEY is not set" in errors
+
+
+def test_time_windows_need_a_timestamp_field(write_config: Callable[..., Path],
+                                             token: str) -> None:
+    code, out = _check(write_config(**{"detectors.feature_drift.window": "5m",
+                                       "detectors.feature_drift.step": None}),
+                       env={"METASENTRY_API_TOKEN": token})
+    assert code == 2 and "Traceback" not in out
+    assert "time windows and seasonality read each record's time" in out
+    assert "schema.timestamp" in out
+
+
+def test_a_moving_reference_needs_a_window_detector(write_config: Callable[..., Path],
+                                                    token: str) -> None:
+    path = write_config(**{"reference.mode": "rolling", "detectors.feature_drift.enabled": False})
+    code, out = _check(path, env={"METASENTRY_API_TOKEN": token})
+    assert code == 2 and "reference.mode: rolling moves the reference of window detectors" in out
+    bad = write_config("bad.yaml", **{"reference.rolling": {"follow_rate": 2}})
+    code, out = _check(bad, env={"METASENTRY_API_TOKEN": token})
+    assert code == 2 and "reference.rolling.follow_rate" in out

@@ -63,6 +63,10 @@ class TestHyperparameters:
             "min_window": 100,
             "min_effect": 0.0,
             "min_effect_by_feature": {},
+            "allowed_lateness": "0s",
+            "max_window_records": 100_000,
+            "seasonality": "none",
+            "timezone": "UTC",
         }
         assert FeatureDriftDetector(window=300, min_window=10).step == 300
         assert repr(detector).startswith("FeatureDriftDetector(name='feature_drift', window=1000")
