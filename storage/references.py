@@ -198,7 +198,9 @@ class ReferenceStore:
             row = NewReferenceVersion(
                 source=source, detector=detector, origin="rollback", data=data,
                 sha256=target.sha256, n_records=target.n_records,
-                summary={**target.summary, "applied_candidates": []},
+                # The copy is its own anchor, as a running agent treats it.
+                summary={**target.summary, "applied_candidates": [], "accepted": 0,
+                         "anchor_version": int(latest) + 1},
                 version=int(latest) + 1, parent=version, actor=actor,
                 note=note or f"rollback to version {version}")
             insert_references(connection, self._dialect_insert, [row], now)
