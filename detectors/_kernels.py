@@ -18,6 +18,7 @@ on first use, so that importing the detectors stays cheap.
 from __future__ import annotations
 
 import functools
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -119,7 +120,7 @@ def _compiled() -> Any:
     return quadratic_window, quadratic_batch, feature_batch
 
 
-class _PermutationTest:
+class _PermutationTest(ABC):
     """A permutation test whose relabellings come in batches (see :func:`sequential_p_value`)."""
 
     permutations: int
@@ -131,13 +132,13 @@ class _PermutationTest:
         return sequential_p_value(lambda batch: self._statistics(prepared, batch), n_batches,
                                   self.permutations, alpha)
 
+    @abstractmethod
     def _prepare(self, window: np.ndarray) -> tuple[Any, int]:
         """What every batch of ``window``'s relabellings needs, and how many batches."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _statistics(self, prepared: Any, batch: int) -> np.ndarray:
         """The statistics of one batch of relabellings (the first starts with the observed)."""
-        raise NotImplementedError
 
 
 

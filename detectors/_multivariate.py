@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -27,6 +28,7 @@ from pydantic import Field, model_validator
 from detectors._attribution import RawDesign, ReferenceProfile, attribute
 from detectors.base import (
     DetectorConfig,
+    DetectorContext,
     DriftReport,
     FeatureBatch,
     FeatureSchemaError,
@@ -123,7 +125,7 @@ def is_int(value: object) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
-class MultivariateWindowDetector:
+class MultivariateWindowDetector(ABC):
     """Count windows of records tested against a reference by a subclass's joint test.
 
     Hyperparameters shared by the subclasses: ``window`` (records per test, at least 2),
@@ -346,10 +348,23 @@ class MultivariateWindowDetector:
             self._next_report_at = int(state["stream.next_report_at"])
             self._windows_tested = int(state["stream.windows_tested"])
 
+    @classmethod
+    def from_config(cls, config: MultivariateWindowConfig, context: DetectorContext) -> Any:
+        """Build from a ``detectors:`` entry and fit on the context's reference.
+
+        Every field of a subclass's config is a constructor argument of the same name.
+        """
+        params = config.model_dump(exclude={"type", "name", "enabled"})
+        params["min_window"] = min(params["min_window"], params["window"])
+        detector = cls(config.resolved_name(), **params)
+        detector.fit(context.reference)
+        return detector
+
     # -- hooks for subclasses ----------------------------------------------------------------
 
+    @abstractmethod
     def get_params(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """The constructor arguments this instance was built with."""
 
     def _vectors(self, batch: FeatureBatch) -> np.ndarray | None:
         """Rows of the test space other than the raw features (encoded, embeddings), if any."""
@@ -358,27 +373,30 @@ class MultivariateWindowDetector:
     def _vectors_name(self) -> str:
         return "vectors"
 
+    @abstractmethod
     def _install(self, sample: FeatureBatch, design: RawDesign) -> None:
         """Build the test from ``sample`` (at most ``n_reference`` reference records)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _run_test(self, numeric: np.ndarray, categorical: np.ndarray,
                   vectors: np.ndarray | None) -> TestOutcome:
-        raise NotImplementedError
+        """The joint test of one window (rows of the raw features and of the vectors)."""
 
+    @abstractmethod
     def _contributions(self, numeric: np.ndarray, categorical: np.ndarray,
                        vectors: np.ndarray | None) -> np.ndarray:
         """One knock-out contribution per feature of the design, for a rejected window."""
-        raise NotImplementedError
 
     def _method(self) -> str:
         return ""
 
+    @abstractmethod
     def _fitted_state(self) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        """The fitted test as plain arrays (for ``state_dict``)."""
 
+    @abstractmethod
     def _load_fitted(self, state: dict[str, np.ndarray]) -> None:
-        raise NotImplementedError
+        """Rebuild the fitted test from :meth:`_fitted_state`'s arrays."""
 
     # -- internals ---------------------------------------------------------------------------
 

@@ -39,7 +39,7 @@ from detectors._multivariate import (
     is_int,
 )
 from detectors._permutation import permutation_batches, sequential_p_value
-from detectors.base import DetectorContext, FeatureBatch, params_repr
+from detectors.base import FeatureBatch, params_repr
 
 __all__ = ["ClassifierDriftConfig", "ClassifierDriftDetector", "MultivariateDriftReport"]
 
@@ -160,19 +160,6 @@ class ClassifierDriftDetector(MultivariateWindowDetector):
         self._labellings: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     # -- configuration ---------------------------------------------------------------------
-
-    @classmethod
-    def from_config(cls, config: ClassifierDriftConfig, context: DetectorContext
-                    ) -> ClassifierDriftDetector:
-        """Build from a ``detectors:`` entry and fit on the context's reference."""
-        detector = cls(config.resolved_name(), window=config.window, step=config.step,
-                       alpha=config.alpha, top_k=config.top_k,
-                       min_window=min(config.min_window, config.window),
-                       n_reference=config.n_reference, permutations=config.permutations,
-                       folds=config.folds, ridge=config.ridge, interactions=config.interactions,
-                       seed=config.seed)
-        detector.fit(context.reference)
-        return detector
 
     @classmethod
     def example_params(cls) -> list[dict[str, Any]]:

@@ -42,7 +42,7 @@ from detectors._multivariate import (
     TestOutcome,
     is_int,
 )
-from detectors.base import DetectorContext, FeatureBatch, params_repr
+from detectors.base import FeatureBatch, params_repr
 
 __all__ = ["MMDDriftConfig", "MMDDriftDetector", "MultivariateDriftReport"]
 
@@ -164,19 +164,6 @@ class MMDDriftDetector(MultivariateWindowDetector):
         self._sample: dict[str, np.ndarray] = {}
 
     # -- configuration ---------------------------------------------------------------------
-
-    @classmethod
-    def from_config(cls, config: MMDDriftConfig, context: DetectorContext) -> MMDDriftDetector:
-        """Build from a ``detectors:`` entry and fit on the context's reference."""
-        detector = cls(config.resolved_name(), window=config.window, step=config.step,
-                       alpha=config.alpha, top_k=config.top_k,
-                       min_window=min(config.min_window, config.window),
-                       features=config.features, estimator=config.estimator,
-                       n_reference=config.n_reference, permutations=config.permutations,
-                       bandwidth_scale=config.bandwidth_scale, n_features=config.n_features,
-                       seed=config.seed)
-        detector.fit(context.reference)
-        return detector
 
     @classmethod
     def example_params(cls) -> list[dict[str, Any]]:

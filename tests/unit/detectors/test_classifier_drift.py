@@ -13,8 +13,7 @@ import pytest
 from scipy import stats
 
 import detectors.classifier_drift
-from detectors import DetectorContext, DriftReport, FeatureBatch
-from detectors._attribution import FeatureAttribution
+from detectors import DetectorContext, FeatureBatch
 from detectors._multivariate import MultivariateDriftReport
 from detectors.checks import Shift, false_alarm_budget, synthetic_batch, yield_checks
 from detectors.classifier_drift import (
@@ -22,6 +21,7 @@ from detectors.classifier_drift import (
     ClassifierDriftDetector,
     _mann_whitney_u,
 )
+from tests.unit.detectors.multivariate_data import attribution, correlated
 
 
 @pytest.mark.parametrize("check", [pytest.param(check, id=check.__name__)
@@ -33,21 +33,6 @@ def test_conformance(check: Callable[[type[Any]], None]) -> None:
 def test_doctests() -> None:
     result = doctest.testmod(detectors.classifier_drift)
     assert result.attempted > 0 and result.failed == 0
-
-
-def attribution(report: DriftReport, name: str) -> FeatureAttribution:
-    feature = report.feature(name)
-    assert isinstance(feature, FeatureAttribution)
-    return feature
-
-
-def correlated(rng: np.random.Generator, n: int, correlation: float) -> FeatureBatch:
-    pair = rng.multivariate_normal([0.0, 0.0], [[1.0, correlation], [correlation, 1.0]], n)
-    numeric = np.column_stack([pair, rng.normal(size=(n, 2)), rng.exponential(size=n)])
-    return FeatureBatch(
-        numeric=numeric, numeric_names=("sent", "received", "jitter", "latency", "duration"),
-        categorical=rng.integers(0, 3, (n, 1)), categorical_names=("protocol",),
-        categorical_vocab=(("tcp", "udp", "icmp"),), encoded=np.zeros((n, 0)))
 
 
 def fitted(reference: FeatureBatch, **params: Any) -> ClassifierDriftDetector:

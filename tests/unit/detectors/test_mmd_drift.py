@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 import detectors.mmd_drift
-from detectors import DetectorContext, DriftReport, FeatureBatch, FeatureSchemaError
-from detectors._attribution import FeatureAttribution
+from detectors import DetectorContext, FeatureBatch, FeatureSchemaError
 from detectors._kernels import QuadraticMMD
 from detectors._multivariate import MultivariateDriftReport
 from detectors._permutation import sequential_p_value
 from detectors.checks import Shift, false_alarm_budget, synthetic_batch, yield_checks
 from detectors.mmd_drift import MMDDriftConfig, MMDDriftDetector
+from tests.unit.detectors.multivariate_data import attribution, correlated
 
 
 @pytest.mark.parametrize("check", [pytest.param(check, id=check.__name__)
@@ -31,23 +31,6 @@ def test_conformance(check: Callable[[type[Any]], None]) -> None:
 def test_doctests() -> None:
     result = doctest.testmod(detectors.mmd_drift)
     assert result.attempted > 0 and result.failed == 0
-
-
-def attribution(report: DriftReport, name: str) -> FeatureAttribution:
-    feature = report.feature(name)
-    assert isinstance(feature, FeatureAttribution)
-    return feature
-
-
-def correlated(rng: np.random.Generator, n: int, correlation: float) -> FeatureBatch:
-    """Two standard normal features with the given correlation, three independent ones and a
-    categorical one: a change of the correlation leaves every marginal as it was."""
-    pair = rng.multivariate_normal([0.0, 0.0], [[1.0, correlation], [correlation, 1.0]], n)
-    numeric = np.column_stack([pair, rng.normal(size=(n, 2)), rng.exponential(size=n)])
-    return FeatureBatch(
-        numeric=numeric, numeric_names=("sent", "received", "jitter", "latency", "duration"),
-        categorical=rng.integers(0, 3, (n, 1)), categorical_names=("protocol",),
-        categorical_vocab=(("tcp", "udp", "icmp"),), encoded=np.zeros((n, 0)))
 
 
 def fitted(reference: FeatureBatch, **params: Any) -> MMDDriftDetector:
