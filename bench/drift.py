@@ -35,7 +35,9 @@ stream as it is (*time*), and each segment's records shuffled before the split a
 (*shuffled*), where benign windows are exchangeable with the reference. Detection: an alarm in
 a window overlapping the block; delay: that window's end minus the block's start (records; 2 per
 hour).
-The chance of "detecting" by false alarms alone is reported beside it.
+The chance of "detecting" by false alarms alone is reported beside it. The *envelope* part
+(:mod:`bench.drift_envelope`, no detector) measures how often benign windows already move a
+feature's mean by the goal's smallest shift, for several reference lengths.
 
 **River streams.** Concept drift (SEA, Agrawal; abrupt and gradual, and without drift) seen
 through a frozen Hoeffding tree's 0/1 error series (see :mod:`bench.drift_streams`): delay and
@@ -65,6 +67,8 @@ from typing import Any
 import numpy as np
 
 from bench import drift_streams as ds
+from bench.drift_envelope import benign_envelope
+from bench.drift_envelope import markdown as envelope_markdown
 from detectors.base import FeatureBatch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -583,6 +587,7 @@ ELEC2_SCENARIOS: tuple[Scenario, ...] = (
 
 
 ELEC2_ORDERS = ("time", "shuffled")
+PARTS = ("nsl", "elec2", "envelope", "river")
 
 
 @dataclass(frozen=True)
@@ -1011,6 +1016,9 @@ def markdown(result: Mapping[str, Any]) -> str:
     elec = result.get("elec2")
     if elec:
         lines += _elec2_markdown(elec)
+    envelope = result.get("elec2_envelope")
+    if envelope:
+        lines += ([] if elec else ["", "## Elec2", ""]) + envelope_markdown(envelope) + [""]
     river = result.get("river")
     if river:
         lines += ["", "## River synthetic streams: change detectors on a classifier's errors", ""]
@@ -1179,7 +1187,7 @@ def plot(result: Mapping[str, Any], path: Path) -> None:
 
 
 def run(*, quick: bool = False, seed: int = 0, skip_peers: bool = False,
-        parts: Sequence[str] = ("nsl", "elec2", "river"), progress: Progress = print
+        parts: Sequence[str] = PARTS, progress: Progress = print
         ) -> dict[str, Any]:
     started = time.perf_counter()
     settings = Settings.quick() if quick else Settings()
@@ -1201,12 +1209,38 @@ def run(*, quick: bool = False, seed: int = 0, skip_peers: bool = False,
         result["elec2"] = run_elec2(settings, peers, seed, progress)
     if "river" in parts:
         result["river"] = run_river(settings, peers, seed, progress)
+    if "envelope" in parts:
+        result["elec2_envelope"] = benign_envelope(
+            ds.load_elec2(), window=settings.elec_window, step=settings.elec_step,
+            windows=settings.elec_windows, seed=seed)
+        progress("Elec2 benign envelope: " + ", ".join(
+            f"{row['reference_weeks']} weeks {row['share_any_feature']:.0%}"
+            for row in result["elec2_envelope"]["orders"]["time"]))
     result["peers"] = {"available": peers.available, "problems": peers.problems,
                        "note": "; ".join(peers.problems) if peers.problems else (
                            "" if peers.available else peers.why_not()),
                        "versions": _peer_versions()}
     result["seconds"] = time.perf_counter() - started
     return result
+
+
+PART_KEYS = {"nsl": "nsl_kdd", "elec2": "elec2", "envelope": "elec2_envelope",
+             "river": "river"}
+
+
+def merge_parts(previous: Mapping[str, Any], fresh: Mapping[str, Any]) -> dict[str, Any]:
+    """An earlier full run with the parts of a partial rerun replacing its own; the machine,
+    settings and seconds of each run are kept per part (``part_runs``) so the report can say
+    which figures came from which run."""
+    merged = dict(previous)
+    runs = dict(previous.get("part_runs", {}))
+    for part, key in PART_KEYS.items():
+        if key in fresh:
+            merged[key] = fresh[key]
+            runs[part] = {"machine": fresh["machine"], "seconds": fresh["seconds"],
+                          "when": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
+    merged["part_runs"] = runs
+    return merged
 
 
 def dataclasses_asdict(settings: Settings) -> dict[str, Any]:
@@ -1233,8 +1267,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-peers", action="store_true",
                         help="run MetaSentry's side only, even when the peers' venv exists")
-    parser.add_argument("--parts", default="nsl,elec2,river",
-                        help="comma-separated parts to run: nsl, elec2, river")
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help=f"comma-separated parts to run: {', '.join(PARTS)}; a subset "
+                             "replaces those parts in an existing drift.json and keeps the rest")
     parser.add_argument("--output-dir", type=Path, default=OUT)
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite drift.md and drift.png from the output dir's drift.json")
@@ -1245,9 +1280,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         plot(result, args.output_dir / "drift.png")
         return
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    unknown = sorted(set(parts) - {"nsl", "elec2", "river"})
+    unknown = sorted(set(parts) - set(PARTS))
     if unknown:
-        parser.error(f"unknown parts {unknown}; use nsl, elec2, river")
+        parser.error(f"unknown parts {unknown}; use {', '.join(PARTS)}")
 
     def progress(message: str) -> None:
         print(f"[drift {time.strftime('%H:%M:%S')}] {message}", flush=True)
@@ -1255,11 +1290,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     result = run(quick=args.quick, seed=args.seed, skip_peers=args.skip_peers, parts=parts,
                  progress=progress)
     args.output_dir.mkdir(parents=True, exist_ok=True)
+    previous = args.output_dir / "drift.json"
+    seconds = result["seconds"]
+    if set(parts) != set(PARTS) and previous.exists():
+        result = merge_parts(json.loads(previous.read_text()), result)
     (args.output_dir / "drift.json").write_text(json.dumps(result, indent=1, default=str))
     (args.output_dir / "drift.md").write_text(markdown(result))
     plot(result, args.output_dir / "drift.png")
     progress(f"wrote {args.output_dir / 'drift.json'}, drift.md and drift.png "
-             f"({result['seconds']:.0f} s)")
+             f"({seconds:.0f} s)")
 
 
 if __name__ == "__main__":
