@@ -10,8 +10,19 @@ tape must ``watch`` (otherwise the second step's gradient is ``None``).
 The classifier head is a single meta-learned column tiled to N classes (the "zeroing" /
 UNICORN-MAML idea): episode labels are random permutations, so a per-position head learns
 nothing useful, and one shared column makes the learner valid for any way count at adaptation.
-Tasks of a meta-batch are vectorised with ``tf.vectorized_map``; shapes are fixed per sampler so
-each compiled step traces once.
+
+A meta-batch of ``T`` tasks is adapted at once (:func:`adapt_meta_batch`): the fast
+weights carry a leading task axis ``[T, ...]`` and go through the encoder's ``forward_tasks``,
+so each inner step is one batched forward and backward pass. Mapping the single-task path
+with ``tf.vectorized_map`` instead cannot vectorise a convolution's weight gradient: on Conv-4
+it falls back to a ``while_loop`` over tasks, and second order ran at half the speed.
+
+The inner loss is the *sum* of the per-task mean support losses: task ``t``'s term is the only
+one that depends on its fast weights, so the gradient for task ``t`` is exactly its single-task
+gradient, and one ``tape.gradient`` call serves every task. The guards above still hold:
+:func:`adapt_meta_batch` runs :func:`inner_adapt`. The single-task :func:`task_query_loss`
+stays as the reference the batched path is tested against, and ``adapt`` still runs the
+single-task path. Shapes are fixed per sampler so each compiled step traces once.
 
 Example
 -------
@@ -111,6 +122,29 @@ def head_logits(encoder: Encoder, params: Tensors, x: tf.Tensor) -> tuple[tf.Ten
     return tf.matmul(embedding, params[-2]) + params[-1], embedding
 
 
+def task_batched_logits(encoder: Encoder, params: Tensors, x: tf.Tensor) -> tf.Tensor:
+    """Logits ``[T, n, N]`` of ``x`` ``[T, n, ...]`` under per-task fast weights ``[T, ...]``."""
+    embedding = encoder.forward_tasks(params[:-2], x)
+    return tf.matmul(embedding, params[-2]) + params[-1][:, tf.newaxis, :]
+
+
+def support_cross_entropy(logits: tf.Tensor, onehot: tf.Tensor) -> tf.Tensor:
+    """Mean cross-entropy over the support records (the last-but-one axis), per task."""
+    return tf.reduce_mean(
+        tf.nn.softmax_cross_entropy_with_logits(labels=onehot, logits=logits), axis=-1
+    )
+
+
+def query_loss_and_accuracy(logits: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Mean query cross-entropy and accuracy over the last-but-one axis, per task."""
+    loss = tf.reduce_mean(
+        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits), axis=-1
+    )
+    predicted = tf.argmax(logits, axis=-1, output_type=labels.dtype)
+    accuracy = tf.reduce_mean(tf.cast(tf.equal(predicted, labels), logits.dtype), axis=-1)
+    return loss, accuracy
+
+
 def task_query_loss(
     encoder: Encoder,
     params: Tensors,
@@ -125,25 +159,76 @@ def task_query_loss(
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """One task's query loss and accuracy after adapting on its support set.
 
-    ``params`` and ``learning_rates`` must already be tiled to the task's way count.
+    ``params`` and ``learning_rates`` must already be tiled to the task's way count. This is
+    the reference that :func:`meta_batch_query_losses` is tested against.
     """
 
     def support_loss(fast: list[tf.Tensor]) -> tf.Tensor:
-        logits, _ = head_logits(encoder, fast, support_x)
-        return tf.reduce_mean(
-            tf.nn.softmax_cross_entropy_with_logits(labels=support_onehot, logits=logits)
-        )
+        return support_cross_entropy(head_logits(encoder, fast, support_x)[0], support_onehot)
 
     result = inner_adapt(
         params, support_loss, steps=steps, learning_rates=learning_rates, first_order=first_order
     )
     logits, _ = head_logits(encoder, result.fast_params, query_x)
-    loss = tf.reduce_mean(
-        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=query_y, logits=logits)
+    return query_loss_and_accuracy(logits, query_y)
+
+
+def adapt_meta_batch(
+    encoder: Encoder,
+    params: Tensors,
+    learning_rates: Sequence[tf.Tensor | float],
+    support_x: tf.Tensor,
+    support_onehot: tf.Tensor,
+    *,
+    steps: int,
+    first_order: bool,
+) -> InnerLoopResult:
+    """The inner loop for ``T`` tasks at once; fast weights come back as ``[T, ...]``.
+
+    ``params`` is the shared starting point (tiled to the way count, no task axis) and every
+    task starts from its own copy. ``learning_rates`` are shared by all tasks and broadcast over
+    the task axis. Task ``t``'s fast weights equal :func:`inner_adapt` on task ``t`` alone. Call
+    inside the outer tape for a second-order meta-gradient, as for :func:`inner_adapt`.
+    """
+    tasks = support_x.shape[0] if support_x.shape[0] is not None else tf.shape(support_x)[0]
+    start = [tf.tile(p[tf.newaxis], [tasks, *[1] * p.shape.rank]) for p in params]
+
+    def support_loss(fast: list[tf.Tensor]) -> tf.Tensor:
+        # A sum of per-task means, not a mean over tasks: d(sum)/d fast[t] is exactly task t's
+        # single-task gradient, so the inner step does not shrink with T.
+        logits = task_batched_logits(encoder, fast, support_x)
+        return tf.reduce_sum(support_cross_entropy(logits, support_onehot))
+
+    return inner_adapt(
+        start, support_loss, steps=steps, learning_rates=learning_rates, first_order=first_order
     )
-    predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
-    accuracy = tf.reduce_mean(tf.cast(tf.equal(predicted, query_y), logits.dtype))
-    return loss, accuracy
+
+
+def meta_batch_query_losses(
+    encoder: Encoder,
+    params: Tensors,
+    learning_rates: Sequence[tf.Tensor | float],
+    support_x: tf.Tensor,
+    support_onehot: tf.Tensor,
+    query_x: tf.Tensor,
+    query_y: tf.Tensor,
+    *,
+    steps: int,
+    first_order: bool,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Per-task query losses and accuracies ``[T]`` after :func:`adapt_meta_batch`; task
+    ``t``'s pair equals :func:`task_query_loss` on task ``t`` alone."""
+    result = adapt_meta_batch(
+        encoder,
+        params,
+        learning_rates,
+        support_x,
+        support_onehot,
+        steps=steps,
+        first_order=first_order,
+    )
+    logits = task_batched_logits(encoder, result.fast_params, query_x)
+    return query_loss_and_accuracy(logits, query_y)
 
 
 class AdaptedNetwork(AdaptedClassifier):
@@ -251,30 +336,26 @@ class GradientMetaLearner(EpisodicLearner):
         ways: int,
         training: bool,
     ) -> tuple[tf.Tensor, tf.Tensor]:
+        """Mean query loss and accuracy over the meta-batch, every task adapted at once.
+
+        Evaluation is first order (no meta-gradient is taken) with ``eval_inner_steps``,
+        exactly what :meth:`adapt` does for one episode.
+        """
         params = tile_head([tf.convert_to_tensor(p) for p in self._meta_params()], ways)
         rates = [
             tf.convert_to_tensor(r) if isinstance(r, tf.Variable) else r
             for r in self._learning_rates(ways)
         ]
-        steps = self.inner_steps if training else self.eval_inner_steps
-        first_order = self.first_order or not training
-
-        def per_task(task: tuple[tf.Tensor, ...]) -> tuple[tf.Tensor, tf.Tensor]:
-            sx, sy, qx, qy = task
-            return task_query_loss(
-                self.encoder,
-                params,
-                rates,
-                sx,
-                tf.one_hot(sy, ways),
-                qx,
-                qy,
-                steps=steps,
-                first_order=first_order,
-            )
-
-        losses, accuracies = tf.vectorized_map(
-            per_task, (support_x, support_y, query_x, query_y), fallback_to_while_loop=True
+        losses, accuracies = meta_batch_query_losses(
+            self.encoder,
+            params,
+            rates,
+            support_x,
+            tf.one_hot(support_y, ways),
+            query_x,
+            query_y,
+            steps=self.inner_steps if training else self.eval_inner_steps,
+            first_order=self.first_order or not training,
         )
         return tf.reduce_mean(losses), tf.reduce_mean(accuracies)
 
@@ -292,9 +373,7 @@ class GradientMetaLearner(EpisodicLearner):
 
             def support_loss(fast: list[tf.Tensor]) -> tf.Tensor:
                 logits, _ = head_logits(self.encoder, fast, support_x)
-                return tf.reduce_mean(
-                    tf.nn.softmax_cross_entropy_with_logits(labels=support_onehot, logits=logits)
-                )
+                return support_cross_entropy(logits, support_onehot)
 
             result = inner_adapt(
                 params,
