@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from scipy.special import logsumexp
 
 from meta.encoders import EncoderSpec
 from meta.learners.base import (
@@ -52,9 +53,10 @@ class MemoryReader(AdaptedClassifier):
         super().__init__(classes)
         self.keys = keys
         self.temperature = temperature
-        self._slot_mask = np.where(
-            np.eye(len(classes), dtype=bool)[slot_labels], 0.0, _MASKED
-        )  # [slots, N]
+        # Slot indices per class: the read is one log-sum-exp per class over its own slots,
+        # so memory stays [n, slots] however many slots a class has (a benign class supported
+        # by thousands of reference records included).
+        self._class_slots = [np.flatnonzero(slot_labels == c) for c in range(len(classes))]
         self._project = project
 
     def _distances(self, x: np.ndarray) -> np.ndarray:
@@ -62,9 +64,11 @@ class MemoryReader(AdaptedClassifier):
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         scores = -self._distances(x) / self.temperature  # [n, slots]
-        masked = scores[:, :, None] + self._slot_mask[None, :, :]  # [n, slots, N]
-        peak = masked.max(axis=1, keepdims=True)
-        return (peak + np.log(np.exp(masked - peak).sum(axis=1, keepdims=True)))[:, 0, :]
+        logits = np.full((len(scores), len(self._class_slots)), _MASKED)
+        for c, slots in enumerate(self._class_slots):
+            if len(slots):
+                logits[:, c] = logsumexp(scores[:, slots], axis=1)
+        return logits
 
     def unknown_score(self, x: np.ndarray) -> np.ndarray:
         return self._distances(x).min(axis=1)

@@ -121,3 +121,22 @@ def test_adapt_needs_two_classes() -> None:
     learner = ProtoNet(EncoderSpec(kind="mlp", input_shape=(4,), hidden=(8,), embedding_dim=4))
     with pytest.raises(ValueError, match="two distinct classes"):
         learner.adapt(np.zeros((3, 4), np.float32), np.array(["a", "a", "a"]))
+
+
+def test_memory_read_is_the_log_attention_mass_per_class_with_thousands_of_slots() -> None:
+    """A benign class supported by the agent's reference has thousands of slots: the read is
+    still exact (log of the summed attention per class) and builds no [n, slots, N] array."""
+    learner = build_learner(
+        "memory", EncoderSpec(kind="mlp", input_shape=(6,), hidden=(8,), embedding_dim=4), seed=0
+    )
+    rng = np.random.default_rng(0)
+    support = rng.normal(size=(2010, 6)).astype(np.float32)
+    labels = np.r_[np.zeros(2000, np.int64), np.repeat([1, 2], 5)]
+    queries = rng.normal(size=(7, 6)).astype(np.float32)
+    adapted = learner.adapt(support, labels)
+    keys, probe = learner.project(support), learner.project(queries)
+    scores = -((probe[:, None, :] - keys[None]) ** 2).sum(-1) / learner.temperature
+    expected = np.stack(
+        [np.log(np.exp(scores[:, labels == c]).sum(1)) for c in range(3)], axis=1
+    )
+    assert np.allclose(adapted.logits(queries), expected, atol=1e-9)
