@@ -74,7 +74,7 @@ from bench.fewshot_methods import (
 logger = logging.getLogger("bench.fewshot")
 
 ALL_LEARNERS = ("protonet", "maml", "fomaml", "metasgd", "memory")
-OMNIGLOT_LEARNERS = ("protonet", "fomaml")
+OMNIGLOT_LEARNERS = ("protonet", "fomaml", "maml", "metasgd")
 NSL_VALIDATION_CLASSES = 4
 
 
@@ -107,7 +107,8 @@ FULL = Budget(
         "metasgd": 1600,
     },
     nsl_val_every=320,
-    omniglot_meta_episodes={"protonet": 3200, "fomaml": 960},
+    # One training budget for every learner on Omniglot (early stopping may end one sooner).
+    omniglot_meta_episodes={name: 3200 for name in ("protonet", "fomaml", "maml", "metasgd")},
     omniglot_val_every=320,
     omniglot_gradient_20way_episodes=100,
     pretrain_epochs_nsl=12,
@@ -121,7 +122,7 @@ QUICK = Budget(
     val_episodes=40,
     nsl_meta_episodes={name: 320 for name in ALL_LEARNERS},
     nsl_val_every=160,
-    omniglot_meta_episodes={"protonet": 32, "fomaml": 32},
+    omniglot_meta_episodes={name: 32 for name in ("protonet", "fomaml", "maml", "metasgd")},
     omniglot_val_every=16,
     omniglot_gradient_20way_episodes=10,
     pretrain_epochs_nsl=2,
@@ -258,10 +259,25 @@ def _meta_train(
 # --------------------------------------------------------------------------- NSL-KDD
 
 
-def run_nsl_kdd(budget: Budget, learners: Sequence[str], seed: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class NslKddEpisodes:
+    """Everything the NSL-KDD protocol scores on: the split, the test, validation and
+    base-rate episode plans. One function builds it so every script draws the same episodes."""
+
+    train: LabelledSet
+    stage_train: LabelledSet
+    stage_val: LabelledSet
+    tasks: dict[str, tuple[LabelledSet, int]]
+    plans: dict[str, tuple[EpisodePlan, ...]]
+    val_plans: dict[str, tuple[EpisodePlan, ...]]
+    base_rate_set: LabelledSet
+    base_rate_plans: dict[str, tuple[EpisodePlan, ...]]
+    summary: dict[str, Any]
+
+
+def nsl_kdd_episodes(budget: Budget, seed: int) -> NslKddEpisodes:
     from meta.episodes import split_classes
 
-    logger.info("== NSL-KDD novel attacks")
     split_1shot = load_nsl_kdd_novel_split(min_novel_records=16)
     split_5shot = load_nsl_kdd_novel_split(min_novel_records=20)
     train = split_5shot.train
@@ -270,7 +286,7 @@ def run_nsl_kdd(budget: Budget, learners: Sequence[str], seed: int) -> dict[str,
         names[train.y], val=NSL_VALIDATION_CLASSES, test=0, seed=seed, always_train=("normal",)
     )
     stage_train, stage_val = train.subset(classes.train), train.subset(classes.val)
-    out: dict[str, Any] = {
+    summary: dict[str, Any] = {
         "features": len(split_5shot.feature_names),
         "train_classes": train.class_counts(),
         "selection_train_classes": list(classes.train),
@@ -278,7 +294,6 @@ def run_nsl_kdd(budget: Budget, learners: Sequence[str], seed: int) -> dict[str,
         "novel_classes_1shot": split_1shot.novel.class_counts(),
         "novel_classes_5shot": split_5shot.novel.class_counts(),
     }
-    logger.info("  validation classes (held out for every choice): %s", list(classes.val))
     tasks = {
         "5w1s": (split_1shot.novel, 1),
         "5w5s": (split_5shot.novel, 5),
@@ -319,6 +334,18 @@ def run_nsl_kdd(budget: Budget, learners: Sequence[str], seed: int) -> dict[str,
         )
         for shots in (1, 5)
     }
+    return NslKddEpisodes(train, stage_train, stage_val, tasks, plans, val_plans,
+                          base_rate_set, base_rate_plans, summary)
+
+
+def run_nsl_kdd(budget: Budget, learners: Sequence[str], seed: int) -> dict[str, Any]:
+    logger.info("== NSL-KDD novel attacks")
+    episodes = nsl_kdd_episodes(budget, seed)
+    train, stage_train, stage_val = episodes.train, episodes.stage_train, episodes.stage_val
+    tasks, plans, val_plans = episodes.tasks, episodes.plans, episodes.val_plans
+    base_rate_set, base_rate_plans = episodes.base_rate_set, episodes.base_rate_plans
+    out: dict[str, Any] = dict(episodes.summary)
+    logger.info("  validation classes (held out for every choice): %s", out["validation_classes"])
     accuracy: dict[str, dict[str, Any]] = {key: {} for key in tasks}
     base_rate: dict[str, dict[str, Any]] = {key: {} for key in base_rate_plans}
 

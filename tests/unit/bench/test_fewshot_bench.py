@@ -237,6 +237,24 @@ def test_nsl_kdd_split_matches_the_documented_protocol() -> None:
     assert 0.65 < accuracy.accuracy.mean < 0.75
 
 
+def test_every_nsl_kdd_script_draws_the_same_episodes() -> None:
+    """bench/fewshot.py and bench/fewshot_ideas.py both score on nsl_kdd_episodes: one seed,
+    one set of plans, validation classes kept out of the final training's selection stage."""
+    _require(DATA / "nsl-kdd" / "KDDTrain+_20Percent.txt")
+    _require(DATA / "nsl-kdd" / "KDDTest+.txt")
+    from bench.fewshot import QUICK, nsl_kdd_episodes
+
+    first, again = nsl_kdd_episodes(QUICK, seed=0), nsl_kdd_episodes(QUICK, seed=0)
+    for key in ("5w1s", "5w5s"):
+        assert len(first.plans[key]) == QUICK.test_episodes
+        assert all(np.array_equal(a.query_idx, b.query_idx)
+                   for a, b in zip(first.plans[key], again.plans[key], strict=True))
+    benign_first = [plan.classes[0] for plan in first.base_rate_plans["5w5s"]]
+    assert set(benign_first) == {0} and first.base_rate_set.class_names[0] == "normal"
+    assert not set(first.summary["validation_classes"]) & set(first.stage_train.class_names)
+    assert set(first.stage_val.class_names) == set(first.summary["validation_classes"])
+
+
 @pytest.mark.data
 def test_omniglot_official_runs_pair_each_test_item_with_its_class() -> None:
     _require(DATA / "omniglot" / "all_runs.zip")

@@ -1,0 +1,159 @@
+"""Ideas for moving few-shot accuracy on novel attacks, as harness methods around a trained
+memory learner (or several): each is measured by ``bench/fewshot_ideas.py`` beside the plain
+learner and the raw-feature baselines on the same episodes, and kept only if it helps.
+
+- :class:`SeedEnsemble`: average the log-probabilities of learners meta-trained from different
+  seeds, optionally with a raw-feature 1-NN expert. A single model's 1-shot accuracy moves by
+  several points between training seeds; averaging is the classic cure for that variance.
+- :class:`TransductiveSlots`: label propagation in the memory's key space: the queries join
+  the memory as soft slots weighted by the current posterior (semi-supervised prototypical
+  networks' idea, for a slot memory). Transductive: it uses the unlabelled records scored with
+  it, which the agent does see, but rarely class-balanced as in an episode.
+- :class:`PrototypeFineTune`: a linear head on the memory keys initialised at the prototype
+  classifier and fine-tuned on the support set, pulled towards its start (first order).
+- :func:`pseudo_classes`: the training classes split into their modes by k-means, so that
+  meta-training sees many more, finer classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.special import log_softmax, logsumexp
+
+from bench.fewshot_baselines import ClassScores, NearestNeighbour, softmax, squared_distances
+from bench.fewshot_data import LabelledSet
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    flat = x.reshape(len(x), -1).astype(np.float64)
+    return flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
+
+
+class SeedEnsemble:
+    """Mean log-probability of several adapted learners, plus ``raw_weight`` times a 1-NN
+    expert on L2-normalised raw features (softmax over minus distance / ``raw_temperature``)."""
+
+    def __init__(self, learners: Sequence[Any], *, raw_weight: float = 0.0,
+                 raw_temperature: float = 0.1) -> None:
+        if not learners:
+            raise ValueError("an ensemble needs at least one learner.")
+        self.learners = tuple(learners)
+        self.raw_weight = raw_weight
+        self.raw_temperature = raw_temperature
+
+    def adapt(self, support_x: np.ndarray, support_y: np.ndarray) -> ClassScores:
+        adapted = [learner.adapt(support_x, support_y) for learner in self.learners]
+        raw = NearestNeighbour().adapt(l2_normalise(support_x), support_y)
+
+        def scores(x: np.ndarray) -> np.ndarray:
+            total = np.mean([log_softmax(a.logits(x), axis=1) for a in adapted], axis=0)
+            if self.raw_weight:
+                total += self.raw_weight * log_softmax(
+                    raw.logits(l2_normalise(x)) / self.raw_temperature, axis=1)
+            return total
+
+        return ClassScores(scores)
+
+
+class TransductiveSlots:
+    """A memory read whose slots are the support records (hard labels) and, after ``steps``
+    rounds, the queries themselves (soft labels from the previous round; a query never reads
+    its own slot)."""
+
+    def __init__(self, learner: Any, *, steps: int = 1) -> None:
+        if steps < 0:
+            raise ValueError("steps must be >= 0.")
+        self.learner = learner
+        self.steps = steps
+
+    def adapt(self, support_x: np.ndarray, support_y: np.ndarray) -> ClassScores:
+        keys = self.learner.project(support_x)
+        ways = int(support_y.max()) + 1
+        labels = np.eye(ways)[support_y]
+        temperature = self.learner.temperature
+
+        def read(queries: np.ndarray, slots: np.ndarray, weights: np.ndarray,
+                 own: np.ndarray | None) -> np.ndarray:
+            scores = -squared_distances(queries, slots) / temperature
+            if own is not None:
+                scores[np.arange(len(queries)), own] = -np.inf
+            with np.errstate(divide="ignore"):
+                log_weights = np.log(weights)
+            # One [n, slots] log-sum-exp per class: no [n, slots, classes] array.
+            return np.stack([logsumexp(scores + log_weights[:, c], axis=1)
+                             for c in range(weights.shape[1])], axis=1)
+
+        def scores(x: np.ndarray) -> np.ndarray:
+            queries = self.learner.project(x)
+            logits = read(queries, keys, labels, None)
+            for _ in range(self.steps):
+                logits = read(queries, np.vstack([keys, queries]),
+                              np.vstack([labels, softmax(logits)]),
+                              len(keys) + np.arange(len(queries)))
+            return logits
+
+        return ClassScores(scores)
+
+
+class PrototypeFineTune:
+    """Softmax head on memory keys started at the prototype classifier (``2 p / T``,
+    ``-|p|^2 / T``) and fitted to the support set with an L2 pull of ``strength`` to its
+    start: a few labels refine, rather than replace, what meta-training put in the prototypes."""
+
+    def __init__(self, learner: Any, *, strength: float = 1.0, max_iter: int = 50) -> None:
+        if strength < 0:
+            raise ValueError("strength must be >= 0.")
+        self.learner = learner
+        self.strength = strength
+        self.max_iter = max_iter
+
+    def adapt(self, support_x: np.ndarray, support_y: np.ndarray) -> ClassScores:
+        keys = self.learner.project(support_x)
+        ways = int(support_y.max()) + 1
+        temperature = self.learner.temperature
+        prototypes = np.stack([keys[support_y == c].mean(0) for c in range(ways)])
+        start = np.concatenate([(2.0 * prototypes.T / temperature).ravel(),
+                                -(prototypes * prototypes).sum(1) / temperature])
+        onehot = np.eye(ways)[support_y]
+        dim, n = keys.shape[1], len(keys)
+
+        def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            weights, bias = theta[:-ways].reshape(dim, ways), theta[-ways:]
+            log_proba = log_softmax(keys @ weights + bias, axis=1)
+            pull = theta - start
+            loss = -(onehot * log_proba).sum() / n + 0.5 * self.strength * (pull @ pull) / pull.size
+            residual = (np.exp(log_proba) - onehot) / n
+            grad = np.concatenate([(keys.T @ residual).ravel(), residual.sum(0)])
+            return float(loss), grad + self.strength * pull / pull.size
+
+        theta = minimize(objective, start, jac=True, method="L-BFGS-B",
+                         options={"maxiter": self.max_iter}).x
+        weights, bias = theta[:-ways].reshape(dim, ways), theta[-ways:]
+        return ClassScores(lambda x: self.learner.project(x) @ weights + bias)
+
+
+def pseudo_classes(data: LabelledSet, *, records_per_mode: int = 60, max_modes: int = 10,
+                   min_records: int = 20, seed: int = 0) -> LabelledSet:
+    """Each class split by k-means into up to ``max_modes`` modes (one per ``records_per_mode``
+    records); modes smaller than ``min_records`` are dropped (too few for an episode)."""
+    from sklearn.cluster import KMeans
+
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    names: list[str] = []
+    for c, name in enumerate(data.class_names):
+        x = data.x[data.y == c]
+        k = int(np.clip(len(x) // records_per_mode, 1, max_modes))
+        modes = (KMeans(k, n_init=3, random_state=seed).fit_predict(x) if k > 1
+                 else np.zeros(len(x), np.int64))
+        for mode in range(k):
+            member = modes == mode
+            if member.sum() >= min_records:
+                xs.append(x[member])
+                ys.append(np.full(int(member.sum()), len(names), np.int64))
+                names.append(f"{name}#{mode}")
+    return LabelledSet(np.concatenate(xs), np.concatenate(ys), tuple(names))
