@@ -57,7 +57,8 @@ def open_store(config: AgentConfig) -> Store:
     from storage import Store, StoreTimeouts
 
     store = Store(config.storage_url(),
-                  timeouts=StoreTimeouts(**config.storage.timeouts.model_dump()))
+                  timeouts=StoreTimeouts(**config.storage.timeouts.model_dump()),
+                  alert_routes=config.alert_routes())
     if not store.at_head():
         store.upgrade()
     return store

@@ -17,8 +17,8 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
-from urllib.parse import quote
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args
+from urllib.parse import quote, urlsplit
 
 import yaml
 from pydantic import (
@@ -35,10 +35,14 @@ from sqlalchemy.exc import ArgumentError
 from detectors import DETECTOR_TYPES
 from detectors.base import DetectorConfig
 from detectors.feature_drift import FeatureDriftConfig
+from storage.outbox import AlertRoute
+from storage.records import MAX_SINK_CHARS
 from storage.urls import redact_url
 
 DEFAULT_CONFIG_PATH = Path("agent.yaml")
 SOURCE_TYPES = ("csv_file", "jsonl_file", "stdin")
+SINK_TYPES = ("webhook", "jsonl")
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -226,6 +230,73 @@ class IncidentPolicyConfig(_Model):
     examples_per_incident: int = Field(default=5, ge=1, le=100)
 
 
+# --- alert sinks ---------------------------------------------------------------------------
+
+#: every incident kind the agent creates (drift tests, the reference keeper, the live model,
+#: the adversarial and poisoning detectors, adaptation); a sink's ``kinds:`` names these.
+#: tests/unit/agent/test_sink_config.py checks the list against the code that creates them.
+IncidentKind = Literal["drift", "reference_drift", "attack", "novel", "adversarial",
+                       "poisoning", "model_rejected"]
+INCIDENT_KINDS: tuple[str, ...] = get_args(IncidentKind)
+Severity = Literal["info", "low", "medium", "high", "critical"]  # storage.SEVERITIES, in order
+
+
+class _SinkConfig(_Model):
+    """What every ``sinks:`` entry has: a name and which incidents it is sent."""
+
+    name: str = Field(min_length=1, max_length=MAX_SINK_CHARS, pattern=r"^[A-Za-z0-9_.:-]+$")
+    min_severity: Severity = "info"
+    # Leave out for every kind; a list names the kinds this sink is sent.
+    kinds: list[IncidentKind] | None = None
+
+    @field_validator("kinds")
+    @classmethod
+    def _some_kinds(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError("name at least one kind, or leave `kinds:` out to send every kind")
+        return value
+
+    def route(self) -> AlertRoute:
+        """The filter the store applies when it queues an incident for this sink."""
+        return AlertRoute(name=self.name, min_severity=self.min_severity,
+                          kinds=None if self.kinds is None else frozenset(self.kinds))
+
+
+class WebhookSinkConfig(_SinkConfig):
+    """POST each alert as JSON, signed with HMAC-SHA256 (docs/SINKS.md).
+
+    The key comes from the environment variable named by ``secret_env``, never from this
+    file; ``${VAR}`` in ``url`` is read from the environment too (percent-encoded in the
+    userinfo and query), so a token in the URL stays out of the file as well.
+    """
+
+    type: Literal["webhook"]
+    url: str = Field(min_length=1)
+    secret_env: str = Field(pattern=_ENV_NAME)
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+    max_backoff_s: float = Field(default=300.0, gt=0, le=86_400)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        scheme, sep, rest = value.partition("://")
+        authority = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+        host = authority.rpartition("@")[2]
+        if scheme.lower() not in ("http", "https") or not sep or not host:
+            raise ValueError("expected an http:// or https:// URL with a host")
+        return value
+
+
+class JsonlSinkConfig(_SinkConfig):
+    """Append each alert as one JSON line (SIEM collectors: Filebeat, Fluent Bit, Vector)."""
+
+    type: Literal["jsonl"]
+    path: Path
+
+
+SinkConfig = Annotated[WebhookSinkConfig | JsonlSinkConfig, Field(discriminator="type")]
+
+
 # --- service -------------------------------------------------------------------------------
 
 
@@ -381,6 +452,7 @@ class AgentConfig(_Model):
     logging: LoggingConfig = LoggingConfig()
     model: ModelConfig = ModelConfig()
     adaptation: AdaptationConfig = AdaptationConfig()
+    sinks: list[SinkConfig] = Field(default_factory=list)
 
     # Filled by load_config: where the file was, and its digest for metasentry_config_info.
     base_dir: Path = Field(default=Path("."), exclude=True)
@@ -399,6 +471,15 @@ class AgentConfig(_Model):
         if dupes:
             raise ValueError(f"source names must be unique (repeated: {', '.join(dupes)})")
         return self
+
+    @field_validator("sinks")
+    @classmethod
+    def _unique_sink_names(cls, sinks: list[SinkConfig]) -> list[SinkConfig]:
+        names = [s.name for s in sinks]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"sink names must be unique (repeated: {', '.join(dupes)})")
+        return sinks
 
     @model_validator(mode="after")
     def _detectors_consistent(self) -> AgentConfig:
@@ -463,11 +544,23 @@ class AgentConfig(_Model):
     def api_token(self) -> str | None:
         return os.environ.get(self.api.token_env) or None
 
+    def alert_routes(self) -> tuple[AlertRoute, ...]:
+        """Which incidents each configured sink is sent, for the store's outbox."""
+        return tuple(sink.route() for sink in self.sinks)
+
+    def sink_url(self, sink: WebhookSinkConfig) -> str:
+        """A webhook's URL with ``${VAR}`` expanded (secret: never log it, redact it)."""
+        return expand_url_template(sink.url)
+
     def redacted_summary(self) -> dict[str, Any]:
         """What check-config prints: the effective settings, with secrets masked."""
         data = self.model_dump(mode="json", by_alias=True)
         data["storage"]["url"] = redact_url(self.storage.url)
         data["api"]["token"] = "set" if self.api_token() else "missing"
+        for entry, sink in zip(data["sinks"], self.sinks, strict=True):
+            if isinstance(sink, WebhookSinkConfig):
+                entry["url"] = redact_url(sink.url)
+                entry["secret"] = "set" if os.environ.get(sink.secret_env) else "missing"
         data["schema"]["features"] = f"{len(self.schema.features)} features"
         if data["schema"].get("columns"):
             data["schema"]["columns"] = f"{len(self.schema.columns or [])} columns"
@@ -544,7 +637,8 @@ def _yaml_path(loc: tuple[int | str, ...]) -> str:
             continue
         # pydantic puts the union tag in the location of a tagged union member;
         # the YAML has no such key.
-        if i > 0 and isinstance(loc[i - 1], int) and part in (*SOURCE_TYPES, *DETECTOR_TYPES):
+        if i > 0 and isinstance(loc[i - 1], int) and part in (*SOURCE_TYPES, *DETECTOR_TYPES,
+                                                             *SINK_TYPES):
             continue
         if part == "schema_":
             part = "schema"
@@ -585,8 +679,10 @@ def _describe(error: Any) -> str:
 
 
 def _type_choices(error: Any) -> str:
-    """The ``type:`` values the failing list accepts (sources or detectors)."""
+    """The ``type:`` values the failing list accepts (sources, detectors or sinks)."""
     section = error["loc"][0] if error.get("loc") else ""
+    if section == "sinks":
+        return ", ".join(SINK_TYPES)
     return ", ".join(sorted(DETECTOR_TYPES) if section == "detectors" else SOURCE_TYPES)
 
 
@@ -658,12 +754,52 @@ def environment_errors(config: AgentConfig, *, need_token: bool = True) -> list[
     url_error = None if missing else storage_url_error(config)
     if url_error:
         errors.append(url_error)
+    errors.extend(sink_errors(config))
     if need_token and config.api.enabled and not config.api_token():
         errors.append(
             f"api.token_env: environment variable {config.api.token_env} is not set (expected the "
             "API token; write routes refuse every request without it)"
         )
     return errors
+
+
+def sink_errors(config: AgentConfig) -> list[str]:
+    """What the sinks need from the outside world: their secrets, and a directory to write in."""
+    errors: list[str] = []
+    for i, sink in enumerate(config.sinks):
+        where = f"sinks[{i}]"
+        if isinstance(sink, WebhookSinkConfig):
+            if not os.environ.get(sink.secret_env):
+                errors.append(f"{where}.secret_env: environment variable {sink.secret_env} is "
+                              "not set or empty (expected the webhook's signing key)")
+            missing = [name for name in _ENV_REF.findall(sink.url) if name not in os.environ]
+            for name in missing:
+                errors.append(f"{where}.url: environment variable {name} is not set "
+                              "(expected a secret)")
+            if not missing and _url_error(config.sink_url(sink)):
+                errors.append(f"{where}.url: not a valid http(s) URL once the environment is "
+                              f"substituted (got {redact_url(sink.url)!r})")
+        else:
+            path = config.resolve(sink.path)
+            if not path.parent.is_dir():
+                errors.append(f"{where}.path: directory not found (got '{path.parent}', "
+                              "expected an existing directory for the alert file)")
+            elif path.is_dir():
+                errors.append(f"{where}.path: is a directory (got '{path}', expected a file)")
+            elif not os.access(path if path.exists() else path.parent, os.W_OK):
+                errors.append(f"{where}.path: not writable (got '{path}', expected a file the "
+                              "agent may append to)")
+    return errors
+
+
+def _url_error(url: str) -> bool:
+    """True when ``url`` is not an http(s) URL with a host and a valid port."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError:
+        return True
+    return parts.scheme not in ("http", "https") or not parts.hostname
 
 
 def load_config(path: Path | str, *, check_environment: bool = True,

@@ -1,11 +1,13 @@
 """``metasentry run``: the service lifecycle, with one owner of signals.
 
 Start order: database and reference (``Agent.prepare``), sources, metrics endpoint, API,
-scheduler, health monitor, then the pipeline thread. On SIGTERM or SIGINT the main thread,
-which alone handles signals, stops fetching, lets the batch in flight finish and commit, stops
+scheduler, health monitor, alert delivery, then the pipeline thread. On SIGTERM or SIGINT the
+main thread, which alone handles signals, stops fetching, lets the batch in flight finish and
+commit, stops alert delivery (an alert still in flight is sent again at the next start), stops
 the scheduler (waiting for running jobs), stops the API and exits 0 — within
-``pipeline.shutdown_timeout_s``. uvicorn's own signal handling is switched off so it cannot
-race with ours.
+``pipeline.shutdown_timeout_s``. SIGHUP reopens the alert sinks' files (after log rotation)
+and changes nothing else. uvicorn's own signal handling is switched off so it cannot race with
+ours.
 
 Shutdown is bounded even when the database hangs a commit or a scheduled job: every wait has
 a deadline, the pipeline thread is a daemon, and if anything is still running when the budget
@@ -105,8 +107,14 @@ def run_service(config: AgentConfig) -> int:
                  signal.Signals(signum).name)
         agent.stop_event.set()
 
+    def on_hangup(_signum: int, _frame: FrameType | None) -> None:
+        # Only sets flags: the sink threads reopen their files before their next write.
+        log.info("received SIGHUP: reopening the alert sinks' files")
+        agent.reopen_sinks()
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
 
     metrics_server = None
     if config.metrics.enabled:
@@ -129,6 +137,7 @@ def run_service(config: AgentConfig) -> int:
     scheduler.start()
     monitor = HealthMonitor(agent)
     monitor.start()
+    agent.start_delivery()
 
     def pipeline_main() -> None:
         try:
@@ -158,6 +167,8 @@ def run_service(config: AgentConfig) -> int:
         log.error("the batch in flight did not finish within %.0fs; it will be replayed", budget)
     # What the pipeline left of the budget, and at least a short grace, shared by the rest.
     deadline = max(deadline, time.monotonic() + _SHUTDOWN_GRACE_S)
+    # Not a reason to exit 1: an alert in flight stays in the outbox and is sent again.
+    agent.stop_delivery(min(_left(deadline) / 2, _DELIVERY_STOP_S))
     if not _within(lambda: scheduler.shutdown(wait=True), _left(deadline), "scheduler"):
         clean = False
     if api_server is not None and api_thread is not None:
@@ -179,6 +190,8 @@ def run_service(config: AgentConfig) -> int:
 #: With systemd's TimeoutStopSec=30 and the default 20 s budget, 20 + 2 + 2 leaves room.
 _SHUTDOWN_GRACE_S = 2.0
 _FORCED_EXIT_GRACE_S = 2.0
+#: at most this long for the alert sinks' threads at shutdown (they stop between deliveries)
+_DELIVERY_STOP_S = 1.0
 
 
 def _left(deadline: float) -> float:

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Final
 
 from prometheus_client import (
@@ -29,6 +30,7 @@ from prometheus_client import (
     ProcessCollector,
 )
 
+from adapters.sinks.base import FAILURE_REASONS
 from agent.version import __version__
 
 #: name as scraped (counters with ``_total``, histograms by base name) -> kind
@@ -64,6 +66,11 @@ CATALOGUE: Final[dict[str, str]] = {
     "metasentry_adaptation_duration_seconds": "histogram",
     "metasentry_model_canary_accuracy": "gauge",
     "metasentry_model_benign_false_alarm_rate": "gauge",
+    "metasentry_alerts_delivered_total": "counter",
+    "metasentry_alert_delivery_failures_total": "counter",
+    "metasentry_alert_permanent_failures_total": "counter",
+    "metasentry_alert_outbox_pending": "gauge",
+    "metasentry_alert_outbox_oldest_pending_age_seconds": "gauge",
 }
 
 #: the bounded vocabulary of ``reason`` on metasentry_records_rejected_total
@@ -207,6 +214,26 @@ class Metrics:
         self.model_benign_false_alarm_rate = Gauge(
             "metasentry_model_benign_false_alarm_rate",
             "Share of benign canary records the serving version would alarm on.", registry=r)
+        self.alerts_delivered = Counter(_base("metasentry_alerts_delivered_total"),
+                                        "Alerts a sink took (a 2xx answer, lines fsynced).",
+                                        ["sink"], registry=r)
+        self.alert_failures = Counter(_base("metasentry_alert_delivery_failures_total"),
+                                      "Failed delivery attempts, by reason (each is retried "
+                                      "unless the sink refused it for good).",
+                                      ["sink", "reason"], registry=r)
+        self.alert_permanent_failures = Counter(
+            _base("metasentry_alert_permanent_failures_total"),
+            "Alerts given up on: the sink refused them (4xx other than 408/429) on every "
+            "attempt. Kept in the outbox with the last error.", ["sink"], registry=r)
+        self.alert_outbox_pending = Gauge("metasentry_alert_outbox_pending",
+                                          "Alerts queued for the sink and not yet delivered, "
+                                          "in the whole database.", ["sink"], registry=r)
+        self.alert_outbox_oldest_age = Gauge(
+            "metasentry_alert_outbox_oldest_pending_age_seconds",
+            "Age of the oldest alert still queued for the sink (0 when none is); computed "
+            "when scraped, so it grows while the sink or the database is down.", ["sink"],
+            registry=r)
+        self._oldest_pending: dict[str, float | None] = {}
         self.build_info.info({"version": __version__, "python": platform.python_version(),
                               "tensorflow": _tensorflow_version()})
 
@@ -225,6 +252,26 @@ class Metrics:
                 self._class_labels.add(name)
                 return name
         return "other"
+
+    def track_sink(self, sink: str) -> None:
+        """Export a configured sink's series (at 0) before its first delivery."""
+        self.alerts_delivered.labels(sink)
+        for reason in FAILURE_REASONS:
+            self.alert_failures.labels(sink, reason)
+        self.alert_permanent_failures.labels(sink)
+        self.alert_outbox_pending.labels(sink).set(0)
+        self._oldest_pending.setdefault(sink, None)
+        self.alert_outbox_oldest_age.labels(sink).set_function(
+            lambda: self._oldest_pending_age(sink))
+
+    def set_alert_backlog(self, sink: str, pending: int, oldest: datetime | None) -> None:
+        """What the outbox holds for ``sink``, as last read from the database."""
+        self.alert_outbox_pending.labels(sink).set(pending)
+        self._oldest_pending[sink] = None if oldest is None else oldest.timestamp()
+
+    def _oldest_pending_age(self, sink: str) -> float:
+        oldest = self._oldest_pending.get(sink)
+        return 0.0 if oldest is None else max(0.0, datetime.now(UTC).timestamp() - oldest)
 
     def set_config(self, sha256: str) -> None:
         self.config_info.info({"sha256": sha256})

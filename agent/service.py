@@ -1,8 +1,10 @@
 """Assembling the agent from its config, and the loop that feeds the pipeline.
 
-``Agent`` owns the long-lived objects (store, encoder, pipeline, sources, metrics) and the
-start-up order: database schema first (nothing may be written to an old schema), then the
-reference fit (nothing can be scored without it), then sources at their committed positions.
+``Agent`` owns the long-lived objects (store, encoder, pipeline, sources, metrics, the alert
+delivery worker) and the start-up order: database schema first (nothing may be written to an
+old schema), then the reference fit (nothing can be scored without it), then sources at their
+committed positions. The store is built with the configured alert sinks' routes, so every
+incident any command commits is queued for them; only ``metasentry run`` delivers.
 ``Agent.run_sources`` is the one loop that fetches; it stops between batches, so a stop never
 leaves a half-processed batch behind.
 """
@@ -43,6 +45,7 @@ from storage.records import MAX_SOURCE_CHARS
 
 if TYPE_CHECKING:
     from agent.adaptation import Adapter
+    from agent.delivery import DeliveryWorker
     from agent.model_runtime import ModelRuntime
 
 log = logging.getLogger(__name__)
@@ -131,7 +134,9 @@ class Agent:
         self.metrics.ready.set(0)
         self.stop_event = threading.Event()
         self.store = Store(config.storage_url(),
-                           timeouts=StoreTimeouts(**config.storage.timeouts.model_dump()))
+                           timeouts=StoreTimeouts(**config.storage.timeouts.model_dump()),
+                           alert_routes=config.alert_routes())
+        self.delivery: DeliveryWorker | None = None
         self.encoder: Encoder | None = None
         self.pipeline: Pipeline | None = None
         self.runtime: ModelRuntime | None = None
@@ -277,9 +282,31 @@ class Agent:
                     self.totals.windows_tested += self.pipeline.test_windows()
         return self.totals
 
+    # --- alert delivery --------------------------------------------------------------------
+
+    def start_delivery(self) -> None:
+        """Start draining the alert outbox to the configured sinks (none: nothing to do)."""
+        if not self.config.sinks or self.delivery is not None:
+            return
+        from agent.delivery import DeliveryWorker, build_sinks
+
+        self.delivery = DeliveryWorker(self.store, build_sinks(self.config), self.metrics)
+        self.delivery.start()
+
+    def stop_delivery(self, timeout_s: float = 5.0) -> bool:
+        """Stop the delivery threads within ``timeout_s``; True when none is still sending."""
+        delivery, self.delivery = self.delivery, None
+        return True if delivery is None else delivery.stop(timeout_s)
+
+    def reopen_sinks(self) -> None:
+        """Reopen the sinks' files before their next write (SIGHUP, after log rotation)."""
+        if self.delivery is not None:
+            self.delivery.reopen()
+
     # --- shutdown ------------------------------------------------------------------------
 
     def close(self) -> None:
+        self.stop_delivery(timeout_s=1.0)
         for source in self.sources:
             try:
                 source.close()

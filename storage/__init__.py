@@ -1,5 +1,5 @@
-"""What MetaSentry remembers: incidents, labels, quarantine, drift reports, positions, models
-and reference versions.
+"""What MetaSentry remembers: incidents, labels, quarantine, drift reports, positions, models,
+reference versions and the alerts queued for the sinks.
 
 SQLite by default, PostgreSQL by URL; the schema is managed by the Alembic migrations shipped
 inside this package (``Store.upgrade``).
@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from storage.engine import StoreTimeouts
 from storage.feedback import LabelNotFound
+from storage.outbox import AlertBacklog, AlertRoute, OutboxAlert
 from storage.records import (
     LABEL_STATUSES,
     MODEL_STATUSES,
+    OUTBOX_STATUSES,
     SEVERITIES,
     STATUSES,
     CommitResult,
@@ -42,8 +44,11 @@ __all__ = [
     "BENIGN_DRIFT",
     "LABEL_STATUSES",
     "MODEL_STATUSES",
+    "OUTBOX_STATUSES",
     "SEVERITIES",
     "STATUSES",
+    "AlertBacklog",
+    "AlertRoute",
     "CommitResult",
     "DriftReportRow",
     "Incident",
@@ -59,6 +64,7 @@ __all__ = [
     "NewDriftReport",
     "NewIncident",
     "NewReferenceVersion",
+    "OutboxAlert",
     "QuarantineEntry",
     "QuarantinedRecord",
     "ReferenceVersion",

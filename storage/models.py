@@ -38,13 +38,16 @@ from storage.records import (
     MAX_ACTOR_CHARS,
     MAX_CLASS_CHARS,
     MAX_DETECTOR_CHARS,
+    MAX_HOLDER_CHARS,
     MAX_KIND_CHARS,
     MAX_LABEL_CHARS,
     MAX_MODEL_VERSION_CHARS,
     MAX_OFFSET_KEY_CHARS,
     MAX_REASON_CHARS,
+    MAX_SINK_CHARS,
     MAX_SOURCE_CHARS,
     MODEL_STATUSES,
+    OUTBOX_STATUSES,
     REFERENCE_ORIGINS,
     REFERENCE_STATUSES,
     SEVERITIES,
@@ -325,3 +328,37 @@ class SourceOffsetRow(Base):
     source: Mapped[str] = mapped_column(StorableString(MAX_SOURCE_CHARS), primary_key=True)
     position: Mapped[dict[str, Any]]
     updated_at: Mapped[datetime]
+
+
+class AlertOutboxRow(Base):
+    """One incident queued for one alert sink: the transactional outbox (``storage.outbox``).
+
+    Written in the transaction that creates the incident, so an incident is never committed
+    without its deliveries queued. ``payload`` is the incident as the API showed it at that
+    moment; ``delivery_id`` is what a receiver de-duplicates redeliveries by. A worker claims
+    rows by setting ``claimed_by`` and ``claimed_until`` (a lease): a crashed worker's rows
+    come back when the lease runs out.
+    """
+
+    __tablename__ = "alert_outbox"
+    __table_args__ = (
+        UniqueConstraint("incident_id", "sink"),
+        UniqueConstraint("delivery_id"),
+        CheckConstraint(_one_of("status", OUTBOX_STATUSES), name="status"),
+        # The delivery worker's query: a sink's pending rows in order.
+        Index(None, "sink", "status", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    delivery_id: Mapped[str] = mapped_column(StorableString(36))
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"))
+    sink: Mapped[str] = mapped_column(StorableString(MAX_SINK_CHARS))
+    payload: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(StorableString(16))
+    attempts: Mapped[int] = mapped_column(Integer)
+    next_attempt_at: Mapped[datetime]
+    last_error: Mapped[str | None] = mapped_column(StorableText)
+    claimed_by: Mapped[str | None] = mapped_column(StorableString(MAX_HOLDER_CHARS))
+    claimed_until: Mapped[datetime | None]
+    delivered_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]

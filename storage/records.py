@@ -31,6 +31,9 @@ REFERENCE_ORIGINS: tuple[str, ...] = ("initial", "rolling", "approved", "rollbac
 #: (labelled ``benign_drift``) → applied (merged into a version by the agent)
 REFERENCE_STATUSES: tuple[str, ...] = ("active", "superseded", "pruned", "candidate",
                                        "approved", "applied")
+#: pending: waiting for (another) delivery attempt; delivered: the sink took it; failed: the
+#: sink refused it for good (kept, with its last error, for an operator to look at)
+OUTBOX_STATUSES: tuple[str, ...] = ("pending", "delivered", "failed")
 
 # Column widths, shared with storage.models so validation and schema cannot disagree.
 MAX_KIND_CHARS = 32
@@ -43,6 +46,8 @@ MAX_ACTOR_CHARS = 100
 MAX_CLASS_CHARS = 100
 MAX_MODEL_VERSION_CHARS = 100
 MAX_EXCERPT_CHARS = 2000
+MAX_SINK_CHARS = 100
+MAX_HOLDER_CHARS = 100
 
 
 def require_text(name: str, value: str, max_chars: int) -> None:
@@ -433,6 +438,8 @@ class CommitResult:
     created_ids: tuple[int, ...]
     incidents_updated: int = 0
     examples_stored: int = 0
+    #: outbox rows queued for the alert sinks in the same transaction (``storage.outbox``)
+    alerts_queued: int = 0
 
 
 # --------------------------------------------------------------------------- errors

@@ -59,6 +59,7 @@ from storage.engine import StoreTimeouts, create_store_engine, parse_store_url
 from storage.feedback import FeedbackStore
 from storage.migrations import alembic_config, current_revision, head_revision
 from storage.models import Base
+from storage.outbox import AlertRoute, OutboxStore, check_routes, queue_alerts
 from storage.records import (
     MAX_EXCERPT_CHARS,
     MAX_SOURCE_CHARS,
@@ -95,6 +96,7 @@ _QUARANTINE: Table = Base.metadata.tables["quarantine"]
 _DRIFT_REPORTS: Table = Base.metadata.tables["drift_reports"]
 _RECORDS: Table = Base.metadata.tables["incident_records"]
 _SOURCE_OFFSETS: Table = Base.metadata.tables["source_offsets"]
+_OUTBOX: Table = Base.metadata.tables["alert_outbox"]
 
 
 def _utcnow() -> datetime:
@@ -172,12 +174,13 @@ def _drift_report_values(report: NewDriftReport, now: datetime) -> dict[str, Any
     }
 
 
-class Store(FeedbackStore, RegistryStore, ReferenceStore):
+class Store(FeedbackStore, RegistryStore, ReferenceStore, OutboxStore):
     """SQL persistence for incidents, labels, quarantine, drift reports, offsets and models.
 
     Labels and example records live in :class:`~storage.feedback.FeedbackStore`, the model
     registry in :class:`~storage.registry.RegistryStore`, reference versions in
-    :class:`~storage.references.ReferenceStore`; all share this class's sessions.
+    :class:`~storage.references.ReferenceStore`, the alert outbox in
+    :class:`~storage.outbox.OutboxStore`; all share this class's sessions.
 
     Parameters
     ----------
@@ -188,6 +191,10 @@ class Store(FeedbackStore, RegistryStore, ReferenceStore):
     timeouts
         How long PostgreSQL calls may wait before they raise :class:`StoreUnavailable`
         (defaults: :class:`~storage.engine.StoreTimeouts`). Ignored for SQLite.
+    alert_routes
+        The alert sinks and which incidents each wants. Every incident a commit creates is
+        queued in the same transaction for each sink whose route accepts it
+        (:mod:`storage.outbox`), whichever code path commits it.
 
     Examples
     --------
@@ -204,9 +211,11 @@ class Store(FeedbackStore, RegistryStore, ReferenceStore):
     >>> store.close()
     """
 
-    def __init__(self, url: str, *, timeouts: StoreTimeouts | None = None) -> None:
+    def __init__(self, url: str, *, timeouts: StoreTimeouts | None = None,
+                 alert_routes: Sequence[AlertRoute] = ()) -> None:
         self._url = parse_store_url(url)
         self.timeouts = timeouts or StoreTimeouts()
+        self._alert_routes = check_routes(alert_routes)
         self._watchdog = Watchdog()
         self._engine = create_store_engine(self._url, self.timeouts, self._watchdog)
         self._dialect_insert: Callable[[Table], Insert] = (
@@ -225,6 +234,11 @@ class Store(FeedbackStore, RegistryStore, ReferenceStore):
     def dialect(self) -> str:
         """``"sqlite"`` or ``"postgresql"``."""
         return self._url.get_backend_name()
+
+    @property
+    def alert_routes(self) -> tuple[AlertRoute, ...]:
+        """The sinks every created incident is queued for (see :mod:`storage.outbox`)."""
+        return self._alert_routes
 
     def upgrade(self) -> None:
         """Migrate the schema to the newest revision shipped with this package."""
@@ -285,7 +299,9 @@ class Store(FeedbackStore, RegistryStore, ReferenceStore):
         incidents carry absolute counts, and example records are unique per incident.
         ``position=None`` leaves the saved source position untouched. Reference versions and
         candidates (:mod:`storage.references`) commit with the batch that produced them, so a
-        restart resumes with the reference the committed windows were tested against.
+        restart resumes with the reference the committed windows were tested against. Each
+        incident created is queued for the alert sinks that want it (``alert_routes``) in the
+        same transaction: no alert commits without its deliveries, and none is queued twice.
         """
         require_text("source", source, MAX_SOURCE_CHARS)
         now = _utcnow()
@@ -296,6 +312,8 @@ class Store(FeedbackStore, RegistryStore, ReferenceStore):
             created_ids = self._insert_new(
                 connection, _INCIDENTS, incident_rows, ("source", "offset_key", "detector")
             )
+            queued = queue_alerts(connection, self._dialect_insert, self._alert_routes,
+                                  created_ids, now)
             quarantined = self._insert_new(
                 connection, _QUARANTINE, quarantine_rows, ("source", "offset_key")
             )
@@ -315,6 +333,7 @@ class Store(FeedbackStore, RegistryStore, ReferenceStore):
             created_ids=tuple(created_ids),
             incidents_updated=updated,
             examples_stored=stored,
+            alerts_queued=queued,
         )
 
     @staticmethod
@@ -509,6 +528,9 @@ class Store(FeedbackStore, RegistryStore, ReferenceStore):
         Model versions and source positions are kept: they describe the present, not history.
         So are incidents whose labels teach a model (used, or still to be screened, held or
         released): a version is rebuilt from its labels' records, and they are its training data.
+        So are incidents with an alert still pending delivery, and their outbox rows: an alert
+        is never dropped for its age. Outbox rows that were delivered or failed go with their
+        incident, or once they are older than ``days`` themselves.
         """
         if not math.isfinite(days) or days < 0:
             raise ValueError(f"days must be a finite number >= 0, got {days}.")
@@ -517,11 +539,17 @@ class Store(FeedbackStore, RegistryStore, ReferenceStore):
         cutoff = (now or _utcnow()) - timedelta(days=days)
         teaching = select(_LABELS.c.incident_id).where(
             _LABELS.c.status.in_(("pending", "held", "released", "used")))
-        old = (_INCIDENTS.c.created_at < cutoff) & _INCIDENTS.c.id.not_in(teaching)
+        alerting = select(_OUTBOX.c.incident_id).where(_OUTBOX.c.status == "pending")
+        old = ((_INCIDENTS.c.created_at < cutoff) & _INCIDENTS.c.id.not_in(teaching)
+               & _INCIDENTS.c.id.not_in(alerting))
         old_incident_ids = select(_INCIDENTS.c.id).where(old)
         statements = {
-            # Labels first and explicitly, so the count is exact whatever the FK settings.
+            # Labels and outbox rows first and explicitly, so the counts are exact whatever
+            # the FK settings.
             "labels": delete(_LABELS).where(_LABELS.c.incident_id.in_(old_incident_ids)),
+            "alert_outbox": delete(_OUTBOX).where(
+                _OUTBOX.c.status != "pending",
+                _OUTBOX.c.incident_id.in_(old_incident_ids) | (_OUTBOX.c.created_at < cutoff)),
             "incidents": delete(_INCIDENTS).where(old),
             "quarantine": delete(_QUARANTINE).where(_QUARANTINE.c.created_at < cutoff),
             "drift_reports": delete(_DRIFT_REPORTS).where(_DRIFT_REPORTS.c.created_at < cutoff),

@@ -609,7 +609,8 @@ def test_purge_deletes_only_rows_older_than_the_cutoff(store: Store) -> None:
 
     deleted = store.purge_older_than(30, now=now)
 
-    assert deleted == {"labels": 1, "incidents": 2, "quarantine": 0, "drift_reports": 1}
+    assert deleted == {"labels": 1, "alert_outbox": 0, "incidents": 2, "quarantine": 0,
+                       "drift_reports": 1}
     assert [i.id for i in store.list_incidents()] == [recent_id]
     assert [x.incident_id for x in store.list_labels()] == [recent_id]
     assert store.load_position("stream") == {"offset": 3}

@@ -34,6 +34,13 @@ def test_every_kind_of_call_raises_store_unavailable(dead_store: Store) -> None:
         lambda: dead_store.label_incident(1, "normal", actor="ana"),
         dead_store.active_model_version,
         lambda: dead_store.purge_older_than(30),
+        # The alert delivery worker backs off on StoreUnavailable, and only on it.
+        lambda: dead_store.alert_backlog("hook"),
+        lambda: dead_store.claim_alerts("hook", holder="w", limit=10, lease_s=60),
+        lambda: dead_store.complete_alerts([1]),
+        lambda: dead_store.fail_alert(1, holder="w", error="x", retry_at=None),
+        lambda: dead_store.release_alerts(holder="w"),
+        dead_store.pending_alerts_by_sink,
     ]
     for call in calls:
         with pytest.raises(StoreUnavailable) as caught:
