@@ -34,9 +34,11 @@ from prometheus_client import start_http_server
 from agent.api import create_app
 from agent.config import AgentConfig
 from agent.health import HealthMonitor
+from agent.metrics import Metrics
 from agent.native_logs import capture_native_stderr
 from agent.scheduler import build_scheduler
 from agent.service import Agent, tune_garbage_collector
+from agent.systemd import Watchdog, notify, watchdog_interval_s
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +54,6 @@ class _QuietServer(uvicorn.Server):
 def _split(listen: str) -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
     return host.strip("[]"), int(port)
-
-
-def _sd_notify(message: str) -> None:
-    """Tell systemd (Type=notify) about readiness and stopping; a no-op elsewhere."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.sendto(message.encode(), address)
 
 
 def _listen_errors(config: AgentConfig) -> list[str]:
@@ -150,13 +141,16 @@ def run_service(config: AgentConfig) -> int:
     # A daemon: a commit hung in the database must not keep the process alive after shutdown.
     worker = threading.Thread(target=pipeline_main, name="pipeline", daemon=True)
     worker.start()
-    _sd_notify("READY=1")
+    watchdog = _start_watchdog(config, agent, worker)
+    notify("READY=1")
     log.info("agent running: %d source(s); stop with SIGTERM or Ctrl-C", len(agent.sources))
 
     while not agent.stop_event.wait(0.5):
         pass
 
-    _sd_notify("STOPPING=1")
+    notify("STOPPING=1")
+    if watchdog is not None:
+        watchdog.stop()  # the drain is bounded by TimeoutStopSec from here, not the watchdog
     monitor.stop()
     agent.metrics.ready.set(0)
     budget = config.pipeline.shutdown_timeout_s
@@ -192,6 +186,39 @@ _SHUTDOWN_GRACE_S = 2.0
 _FORCED_EXIT_GRACE_S = 2.0
 #: at most this long for the alert sinks' threads at shutdown (they stop between deliveries)
 _DELIVERY_STOP_S = 1.0
+
+
+def pipeline_stall(config: AgentConfig, metrics: Metrics, worker: threading.Thread
+                   ) -> Callable[[], str | None]:
+    """What withholds the watchdog's heartbeat: None while the pipeline makes progress, else
+    why not. A commit may legitimately wait up to the store's own deadline
+    (``storage.timeouts.operation_s``, after which it fails and is retried); twice that means
+    the deadline itself is stuck, and only a restart helps."""
+    stalled_after = 2 * config.storage.timeouts.operation_s
+
+    def stall() -> str | None:
+        if not worker.is_alive():
+            return "the pipeline thread has ended"
+        age = metrics.in_flight.oldest_age()
+        if age > stalled_after:
+            return f"a batch commit has been in flight for {age:.0f}s (limit {stalled_after:g}s)"
+        return None
+
+    return stall
+
+
+def _start_watchdog(config: AgentConfig, agent: Agent, worker: threading.Thread
+                    ) -> Watchdog | None:
+    """Heartbeats for systemd's ``WatchdogSec`` while the pipeline makes progress, when
+    systemd asked for them."""
+    interval = watchdog_interval_s()
+    if interval is None:
+        return None
+    watchdog = Watchdog(pipeline_stall(config, agent.metrics, worker), interval)
+    watchdog.start()
+    log.info("systemd watchdog: a heartbeat every %.1fs while the pipeline makes progress",
+             interval)
+    return watchdog
 
 
 def _left(deadline: float) -> float:

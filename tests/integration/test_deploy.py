@@ -373,7 +373,10 @@ def unit_settings(path: Path) -> dict[str, dict[str, list[str]]]:
 def test_systemd_unit_is_hardened() -> None:
     service = {key: values[-1] for key, values in unit_settings(UNIT)["Service"].items()}
     yes = {"yes", "true", "on", "1"}
-    assert service["Type"] in {"simple", "notify"}
+    assert service["Type"] == "notify" and service["NotifyAccess"] == "main"
+    # The agent pings every WatchdogSec / 2; a period under a minute would restart an agent
+    # whose commit waits, legitimately, for the store's deadline.
+    assert service["WatchdogSec"].endswith("s") and int(service["WatchdogSec"][:-1]) >= 60
     assert service["User"] not in {"", "root", "0"} and "DynamicUser" not in service
     assert service["UMask"] == "0077"
     assert service["NoNewPrivileges"] in yes
