@@ -1,4 +1,5 @@
-"""Where records come from: files (replay or follow), stdin, and an in-memory test double.
+"""Where records come from: files (replay or follow), stdin, Redis Streams consumer groups,
+and an in-memory test double.
 
 Every source implements `adapters.base.Source` and delivers `Batch`es of `RawRecord`s at least
 once; see `adapters.base` for the contract.
@@ -11,11 +12,15 @@ from adapters.base import (
     Batch,
     RawRecord,
     RecordFormat,
+    ServerSource,
+    SharedSource,
     Source,
     SourceError,
+    StreamStats,
 )
 from adapters.files import CsvFileSource, FileMode, JsonlFileSource
 from adapters.memory import MemorySource
+from adapters.redis_stream import RedisStreamSource
 from adapters.stdin import StdinSource
 
 __all__ = [
@@ -27,7 +32,11 @@ __all__ = [
     "MemorySource",
     "RawRecord",
     "RecordFormat",
+    "RedisStreamSource",
+    "ServerSource",
+    "SharedSource",
     "Source",
     "SourceError",
     "StdinSource",
+    "StreamStats",
 ]

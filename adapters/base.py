@@ -15,13 +15,23 @@ Bad input never raises: a line that cannot be decoded or parsed becomes a `RawRe
 ``fields`` is ``None`` and whose ``error`` is one of `ERROR_CODES`, so the pipeline can quarantine
 it and count it. `SourceError` is reserved for problems no record can carry (a replay file that
 does not exist, a CSV header that cannot be read); its message says what to do about it.
+
+Two optional capabilities, looked up with ``getattr`` by the pipeline:
+
+* a source several agent replicas read together (`SharedSource`, a Redis Streams consumer
+  group) commits its position under a name of its own replica (``position_name``), so the
+  replicas do not overwrite each other's positions, and is handed a way to read another
+  replica's committed position (``bind_committed_positions``): a message a dead replica had
+  committed but not yet acknowledged is then acknowledged, not judged a second time;
+* a source that talks to a server says whether it can reach it (``reachable``), which the
+  agent's readiness and ``metasentry_source_reachable`` report.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal, NamedTuple, Protocol, runtime_checkable
+from typing import Any, ClassVar, Final, Literal, NamedTuple, Protocol, runtime_checkable
 
 RecordFormat = Literal["jsonl", "csv"]
 """The line formats the sources understand."""
@@ -36,6 +46,11 @@ ERROR_BLANK: Final = "blank"
 
 Only a line of zero bytes (or a lone ``"\\r"``) carries nothing and is skipped; anything else
 is accounted for, so a writer emitting separators or padding shows up in the quarantine."""
+ERROR_MISSING_FIELD: Final = "missing_field"
+"""A message without the field its source reads records from (a Redis stream entry)."""
+ERROR_MAX_DELIVERIES: Final = "max_deliveries"
+"""A message delivered more often than its source allows: set aside unjudged (dead-lettered),
+so a record that crashes the agent cannot crash it for ever."""
 
 ERROR_CODES: Final[frozenset[str]] = frozenset(
     {
@@ -45,6 +60,8 @@ ERROR_CODES: Final[frozenset[str]] = frozenset(
         ERROR_CSV_COLUMNS,
         ERROR_OVERSIZE,
         ERROR_BLANK,
+        ERROR_MISSING_FIELD,
+        ERROR_MAX_DELIVERIES,
     }
 )
 """Every value `RawRecord.error` can take; bounded so it can label a metric."""
@@ -161,4 +178,82 @@ class Source(Protocol):
     @property
     def lag(self) -> int | None:
         """Bytes (or records) known to exist but not yet fetched; ``None`` if unknown."""
+        ...
+
+
+@dataclass(frozen=True)
+class StreamStats:
+    """One snapshot of a consumer group, and this replica's counts since it started.
+
+    What a source read through a consumer group (`adapters.redis_stream`) reports as its
+    ``stream_stats``; the agent exports it as the ``metasentry_stream_*`` metrics.
+
+    Attributes
+    ----------
+    reachable:
+        Whether the last call to the server succeeded.
+    pending:
+        Entries delivered to the group's consumers (any replica) and not acknowledged.
+    group_lag:
+        Entries added to the stream and never delivered to the group; ``None`` when unknown.
+    unread_trimmed:
+        Entries the stream received that the group will never read, because they were trimmed
+        or deleted first, as far as the server's counters show it; ``None`` when unknown.
+    oldest_pending_ms:
+        Unix milliseconds in the id of the oldest pending entry; ``None`` when none is pending.
+    read, acked, claimed, dead_lettered, trimmed, redelivered:
+        Cumulative counts of this replica: entries delivered to it, acknowledged by it,
+        taken over from idle consumers, moved to the dead-letter stream, found deleted while
+        pending (their content was gone before they could be judged), and delivered again
+        after their batch had been committed (acknowledged without being judged again).
+    """
+
+    reachable: bool = True
+    pending: int | None = None
+    group_lag: int | None = None
+    unread_trimmed: int | None = None
+    oldest_pending_ms: int | None = None
+    read: int = 0
+    acked: int = 0
+    claimed: int = 0
+    dead_lettered: int = 0
+    trimmed: int = 0
+    redelivered: int = 0
+
+    COUNTERS: ClassVar[tuple[str, ...]] = (
+        "read", "acked", "claimed", "dead_lettered", "trimmed", "redelivered")
+    """The cumulative fields, in the order the agent exports them."""
+
+
+PositionLoader = Callable[[str], Mapping[str, Any] | None]
+"""Reads the source position last committed under a position name (``None``: none yet)."""
+
+
+@runtime_checkable
+class SharedSource(Protocol):
+    """A source read by several replicas at once, each committing its own position.
+
+    ``position_name`` is the key the pipeline stores this replica's position under (the
+    source's ``name`` stays the name of incidents, quarantine rows and metrics, so replicas
+    de-duplicate each other's rows). ``bind_committed_positions`` is called once, before
+    ``open``, with a function that reads the position another replica last committed.
+    """
+
+    name: str
+    position_name: str
+
+    def bind_committed_positions(self, load: PositionLoader) -> None:
+        """Keep ``load`` to look up what other replicas committed."""
+        ...
+
+
+@runtime_checkable
+class ServerSource(Protocol):
+    """A source that reads from a server, and can therefore be cut off from it."""
+
+    name: str
+
+    @property
+    def reachable(self) -> bool:
+        """Whether the server answered the source's last call."""
         ...

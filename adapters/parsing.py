@@ -21,7 +21,7 @@ from typing import Protocol
 
 import orjson
 
-from adapters._lines import LineBlock
+from adapters._lines import EXCERPT_BYTES, LineBlock
 from adapters.base import (
     ERROR_BLANK,
     ERROR_CSV_COLUMNS,
@@ -161,6 +161,10 @@ class JsonlParser:
             keys, _without_bom(block), block.oversize, self.max_record_bytes, self._parse_texts
         )
 
+    def parse_texts(self, keys: list[str], texts: list[str]) -> list[RawRecord]:
+        """Records for decoded texts, one per text; empty texts are skipped."""
+        return self._parse_texts(keys, texts)
+
     @staticmethod
     def _parse_texts(keys: list[str], texts: list[str]) -> list[RawRecord]:
         loads = orjson.loads
@@ -299,6 +303,18 @@ class CsvParser:
             keys[skip:], lines[skip:], oversize, self.max_record_bytes, self._parse_texts
         )
 
+    def parse_texts(self, keys: list[str], texts: list[str]) -> list[RawRecord]:
+        """Records for decoded texts, one per text; empty texts are skipped.
+
+        Raises
+        ------
+        SourceError
+            When no column names are known yet (a header is expected and has not been read).
+        """
+        if self._columns is None:
+            raise SourceError("CSV records arrived before the header; the header must come first.")
+        return self._parse_texts(keys, texts)
+
     def _parse_texts(self, keys: list[str], texts: list[str]) -> list[RawRecord]:
         columns = self._columns
         assert columns is not None
@@ -359,6 +375,48 @@ def _split_alone(text: str, delimiter: str) -> list[str] | str:
         return next(csv.reader((text,), delimiter=delimiter))
     except csv.Error as exc:
         return str(exc)
+
+
+def parse_values(
+    parser: JsonlParser | CsvParser,
+    keys: Sequence[str],
+    values: Sequence[bytes],
+    max_record_bytes: int,
+) -> list[RawRecord]:
+    """One record per value, for transports whose messages are records (Redis stream fields).
+
+    Unlike `parse_lines`, a value is never split: a pretty-printed JSON object spanning lines
+    is one record. An empty value carries nothing a line could be skipped for, yet it is a
+    message that arrived, so it becomes a ``"blank"`` error record rather than vanishing.
+
+    >>> [(r.fields, r.error) for r in parse_values(
+    ...     JsonlParser(100), ["1-0", "2-0", "3-0"], [b'{"a":\\n 1}', b"", b"\\xff"], 100)]
+    [({'a': 1}, None), (None, 'blank'), (None, 'decode')]
+    """
+    records: list[RawRecord] = []
+    run_keys: list[str] = []
+    run_texts: list[str] = []
+    for key, value in zip(keys, values, strict=True):
+        if len(value) > max_record_bytes:
+            problem = oversize_record(key, value[:EXCERPT_BYTES], len(value), max_record_bytes)
+        else:
+            try:
+                text = value.decode()
+            except UnicodeDecodeError as exc:
+                problem = decode_error_record(key, value, exc)
+            else:
+                if text:
+                    run_keys.append(key)
+                    run_texts.append(text)
+                    continue
+                problem = RawRecord(key, "", None, ERROR_BLANK, "empty value: nothing to read")
+        if run_texts:
+            records.extend(parser.parse_texts(run_keys, run_texts))
+            run_keys, run_texts = [], []
+        records.append(problem)
+    if run_texts:
+        records.extend(parser.parse_texts(run_keys, run_texts))
+    return records
 
 
 def make_parser(

@@ -1,5 +1,5 @@
-"""The REST API: health, readiness, incidents, labels, adaptation, the model registry and
-reference versions.
+"""The REST API: health, readiness, incidents, labels, adaptation, the model registry,
+reference versions and the audit log.
 
 Secure by default: every write needs the bearer token named by ``api.token_env``; without a
 configured token writes are refused rather than fall open. Reads need the token too when
@@ -20,10 +20,11 @@ from __future__ import annotations
 from enum import Enum
 from typing import Annotated, Any, Literal, get_args
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 
+from agent.api_audit import audit_routes
 from agent.api_errors import SafeJSONResponse, documented, install_error_handlers
 from agent.api_guard import ApiGuard
 from agent.api_inputs import (
@@ -32,6 +33,7 @@ from agent.api_inputs import (
     KindFilter,
     LabelRequest,
     SourceFilter,
+    api_origin,
     known_query_only,
 )
 from agent.api_model import adaptation_routes, label_routes, model_routes
@@ -67,7 +69,8 @@ def create_app(agent: Agent) -> FastAPI:
     for router in (*label_routes(agent, _router, reads_need_token=api.read_requires_token),
                    *adaptation_routes(agent, _router),
                    *model_routes(agent, _router, reads_need_token=api.read_requires_token),
-                   *reference_routes(agent, _router, reads_need_token=api.read_requires_token)):
+                   *reference_routes(agent, _router, reads_need_token=api.read_requires_token),
+                   *audit_routes(agent, _router, reads_need_token=api.read_requires_token)):
         app.include_router(router)
     return app
 
@@ -97,7 +100,8 @@ def _health_routes(agent: Agent) -> APIRouter:
 
     @router.get("/readyz", responses={503: {"description": "Not ready; `checks` says why."}})
     def readyz() -> JSONResponse:
-        """Readiness: reference fitted, database reachable, migrations at head."""
+        """Readiness: reference fitted, database reachable, migrations at head (and, with a
+        Redis source, its server reachable)."""
         checks = agent.readiness()
         ready = all(checks.values())
         return JSONResponse({"ready": ready, "checks": checks},
@@ -137,7 +141,8 @@ def _incident_writes(agent: Agent) -> APIRouter:
     router = _router(needs_token=True, prefix="/v1/incidents", tags=["incidents"])
 
     @router.post("/{incident_id}/label", responses=documented(404))
-    def label_incident(incident_id: IdPath, body: LabelRequest) -> dict[str, Any]:
+    def label_incident(incident_id: IdPath, body: LabelRequest, request: Request
+                       ) -> dict[str, Any]:
         """Record the analyst's class for an incident's example records (all, or ``records``).
 
         Each labelled record becomes a pending label; once a class has
@@ -146,7 +151,8 @@ def _incident_writes(agent: Agent) -> APIRouter:
         try:
             incident, labels = agent.store.apply_label(incident_id, body.label,
                                                        actor=body.actor, note=body.note,
-                                                       records=body.records)
+                                                       records=body.records,
+                                                       origin=api_origin(request))
         except IncidentNotFound as exc:
             raise HTTPException(404, f"no incident {incident_id}") from exc
         except ValueError as exc:

@@ -142,6 +142,24 @@ class ReleaseRequest(BaseModel):
     actor: ActorText = "api"
 
 
+class ModelChangeRequest(BaseModel):
+    """Who activates or rolls back a model version (what the audit log records)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    actor: ActorText = "api"
+
+
+def api_origin(request: Request) -> str:
+    """``api:<client ip>``: where a write came from, as the audit log records it.
+
+    The address the connection came from (behind a proxy, the proxy's; uvicorn's
+    ``--forwarded-allow-ips`` decides whether forwarded headers replace it). Never a header
+    value the client chose, and never the token.
+    """
+    return f"api:{request.client.host if request.client else 'unknown'}"
+
+
 class AdaptRequest(BaseModel):
     """An on-demand adaptation."""
 

@@ -2,7 +2,8 @@
 
 ``GET /v1/labels`` and ``GET /v1/models[/{version}]`` read (token when reads need one);
 ``POST /v1/labels/{id}/release``, ``POST /v1/adapt``, ``POST /v1/models/{version}/activate``
-and ``POST /v1/models/rollback`` write (token always). The routes follow the conventions of
+and ``POST /v1/models/rollback`` write (token always; the last two take an optional
+``{"actor": ...}`` for the audit log). The routes follow the conventions of
 :mod:`agent.api` (routers from ``router()``, inputs typed in :mod:`agent.api_inputs`, errors
 documented); a request the state of the agent cannot satisfy is a 409 that says why.
 """
@@ -12,10 +13,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request
 
 from agent.api_errors import documented
-from agent.api_inputs import AdaptRequest, IdQuery, LabelIdPath, ReleaseRequest, VersionPath
+from agent.api_inputs import (
+    AdaptRequest,
+    IdQuery,
+    LabelIdPath,
+    ModelChangeRequest,
+    ReleaseRequest,
+    VersionPath,
+    api_origin,
+)
 from agent.service import Agent
 from storage import LabelNotFound, ModelVersionNotFound
 
@@ -40,10 +49,12 @@ def label_routes(agent: Agent, router: RouterFactory, *, reads_need_token: bool
                 "next_since_id": rows[-1].id if len(rows) == limit else None}
 
     @writes.post("/{label_id}/release", responses=documented(404, 409))
-    def release_label(label_id: LabelIdPath, body: ReleaseRequest) -> dict[str, Any]:
+    def release_label(label_id: LabelIdPath, body: ReleaseRequest, request: Request
+                      ) -> dict[str, Any]:
         """Override screening: a held (or rejected) label teaches at the next adaptation."""
         try:
-            label = agent.store.release_label(label_id, actor=body.actor)
+            label = agent.store.release_label(label_id, actor=body.actor,
+                                              origin=api_origin(request))
         except LabelNotFound as exc:
             raise HTTPException(404, f"no label {label_id}") from exc
         except ValueError as exc:
@@ -90,14 +101,18 @@ def model_routes(agent: Agent, router: RouterFactory, *, reads_need_token: bool
             raise HTTPException(404, f"no model version {version}") from exc
 
     @writes.post("/rollback", responses=documented(409))
-    def rollback() -> dict[str, Any]:
+    def rollback(request: Request, body: ModelChangeRequest | None = None) -> dict[str, Any]:
         """Serve the version the active one replaced."""
-        return _operate(agent, lambda runtime: runtime.rollback())
+        actor, origin = (body or ModelChangeRequest()).actor, api_origin(request)
+        return _operate(agent, lambda runtime: runtime.rollback(actor=actor, origin=origin))
 
     @writes.post("/{version}/activate", responses=documented(404, 409))
-    def activate(version: VersionPath) -> dict[str, Any]:
+    def activate(version: VersionPath, request: Request,
+                 body: ModelChangeRequest | None = None) -> dict[str, Any]:
         """Serve ``version`` (it must rebuild to its recorded sha256); one transaction."""
-        return _operate(agent, lambda runtime: runtime.activate(version))
+        actor, origin = (body or ModelChangeRequest()).actor, api_origin(request)
+        return _operate(agent, lambda runtime: runtime.activate(version, actor=actor,
+                                                                origin=origin))
 
     return [reads, writes]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request
 
 from agent.api_errors import documented
 from agent.api_inputs import (
@@ -17,6 +17,7 @@ from agent.api_inputs import (
     ReferenceIdPath,
     ReferenceRollbackRequest,
     SourceFilter,
+    api_origin,
 )
 from agent.api_model import RouterFactory
 from agent.service import Agent
@@ -49,11 +50,12 @@ def reference_routes(agent: Agent, router: RouterFactory, *, reads_need_token: b
             raise HTTPException(404, f"no reference version {reference_id}") from exc
 
     @writes.post("/rollback", responses=documented(404, 409))
-    def rollback(body: ReferenceRollbackRequest) -> dict[str, Any]:
+    def rollback(body: ReferenceRollbackRequest, request: Request) -> dict[str, Any]:
         """Make version ``version`` active again, as a new version (history is kept)."""
         try:
             row = agent.store.rollback_reference(body.source, body.detector, body.version,
-                                                 actor=body.actor, note=body.note)
+                                                 actor=body.actor, note=body.note,
+                                                 origin=api_origin(request))
         except ReferenceVersionNotFound as exc:
             raise HTTPException(404, str(exc)) from exc
         except ValueError as exc:

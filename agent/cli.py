@@ -2,7 +2,7 @@
 
 Commands: ``run``, ``check-config``, ``replay``, ``incidents list|show``, ``label``,
 ``labels list|release``, ``adapt``, ``models list|show|activate|rollback``,
-``reference list|show|rollback``, ``db upgrade``,
+``reference list|show|rollback``, ``audit``, ``db upgrade``,
 and the meta-learning commands ``meta-train`` and ``fewshot-eval``.
 A configuration problem is printed as one line per error and exits 2, never as a traceback.
 """
@@ -240,6 +240,7 @@ def label(config_path: Path, actor: str, note: str | None, records: tuple[str, .
 
     from agent.api_inputs import LabelRequest
     from storage import IncidentNotFound
+    from storage.audit import cli_origin
 
     try:  # the API's rules: a label is a label whichever way it comes in
         request = LabelRequest(label=label, actor=actor, note=note)
@@ -251,7 +252,7 @@ def label(config_path: Path, actor: str, note: str | None, records: tuple[str, .
         with _startup_errors():
             incident, given = _store(config_path).apply_label(
                 incident_id, request.label, actor=request.actor, note=request.note,
-                records=list(records) or None)
+                records=list(records) or None, origin=cli_origin())
     except IncidentNotFound:
         click.echo(f"error: no incident {incident_id}", err=True)
         sys.exit(1)
@@ -304,11 +305,12 @@ def _store(config_path: Path) -> Any:
 def _register_meta_commands() -> None:
     """meta-train and fewshot-eval live beside the learners they drive; labels, adapt and
     models beside the analyst loop."""
+    from agent.cli_audit import audit
     from agent.cli_meta import fewshot_eval, meta_train
     from agent.cli_model import adapt, labels, models
     from agent.cli_reference import reference
 
-    for command in (meta_train, fewshot_eval, labels, adapt, models, reference):
+    for command in (meta_train, fewshot_eval, labels, adapt, models, reference, audit):
         main.add_command(command)
 
 

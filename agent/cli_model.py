@@ -23,6 +23,7 @@ import click
 
 from agent.cli_common import config_option, emit_json, load_or_exit, open_store
 from agent.config import AgentConfig
+from storage.audit import cli_origin
 from storage.urls import redact_text
 
 EXIT_USAGE = 2
@@ -95,7 +96,7 @@ def labels_release(config_path: Path, actor: str, label_id: int) -> None:
     """Override screening: held label LABEL_ID may teach at the next adaptation."""
     config = load_or_exit(config_path)
     with _one_line_errors():
-        label = open_store(config).release_label(label_id, actor=actor)
+        label = open_store(config).release_label(label_id, actor=actor, origin=cli_origin())
     click.echo(f"label {label.id} ({label.label!r} by {label.actor}) released by {actor}; "
                "it is used at the next adaptation")
 
@@ -190,14 +191,15 @@ def models_show(config_path: Path, version: str) -> None:
 
 @models.command("activate")
 @config_option
+@click.option("--actor", default=lambda: os.environ.get("USER", "cli"), show_default="$USER")
 @click.argument("version")
-def models_activate(config_path: Path, version: str) -> None:
+def models_activate(config_path: Path, actor: str, version: str) -> None:
     """Serve VERSION (after checking it rebuilds to its recorded sha256)."""
     config = load_or_exit(config_path)
     with _one_line_errors():
         agent = _running_model(config)
         try:
-            active = agent.runtime.activate(version)
+            active = agent.runtime.activate(version, actor=actor, origin=cli_origin())
         finally:
             agent.close()
     click.echo(f"model version {active.version} is active (sha256 {active.sha256[:12]}…); "
@@ -206,13 +208,14 @@ def models_activate(config_path: Path, version: str) -> None:
 
 @models.command("rollback")
 @config_option
-def models_rollback(config_path: Path) -> None:
+@click.option("--actor", default=lambda: os.environ.get("USER", "cli"), show_default="$USER")
+def models_rollback(config_path: Path, actor: str) -> None:
     """Serve the version the active one replaced."""
     config = load_or_exit(config_path)
     with _one_line_errors():
         agent = _running_model(config)
         try:
-            active = agent.runtime.rollback()
+            active = agent.runtime.rollback(actor=actor, origin=cli_origin())
         finally:
             agent.close()
     click.echo(f"rolled back: model version {active.version} is active; running agents serve "

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from agent.cli_common import config_option, emit_json, load_or_exit, open_store
+from storage.audit import cli_origin
 from storage.urls import redact_text
 
 
@@ -95,7 +96,7 @@ def reference_rollback(config_path: Path, source: str, detector: str, version: i
     config = load_or_exit(config_path)
     try:
         row = open_store(config).rollback_reference(source, detector, version, actor=actor,
-                                                    note=note)
+                                                    note=note, origin=cli_origin())
     except (StoreUnavailable, ReferenceVersionNotFound, ValueError) as error:
         _fail(error)
     click.echo(f"{source}/{detector}: reference version {row.version} (a copy of version "

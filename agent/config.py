@@ -14,6 +14,7 @@ behaves the same from any working directory.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import re
 from pathlib import Path
@@ -40,7 +41,7 @@ from storage.records import MAX_SINK_CHARS
 from storage.urls import redact_url
 
 DEFAULT_CONFIG_PATH = Path("agent.yaml")
-SOURCE_TYPES = ("csv_file", "jsonl_file", "stdin")
+SOURCE_TYPES = ("csv_file", "jsonl_file", "stdin", "redis_stream")
 SINK_TYPES = ("webhook", "jsonl")
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -174,8 +175,62 @@ class StdinSourceConfig(_Model):
     header: bool = True
 
 
+class RedisStreamSourceConfig(_Model):
+    """A Redis stream read through a consumer group: several agents share it (docs/SOURCES.md).
+
+    Records are one field of each entry (``field:``) holding a JSON object or a CSV line
+    (``format:``; CSV cells are named by ``schema.columns``), or, without ``field:``, the
+    entry's own fields. ``${VAR}`` in ``url`` is read from the environment (percent-encoded in
+    the userinfo and query), so a password stays out of this file.
+    """
+
+    type: Literal["redis_stream"]
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    url: str = Field(min_length=1)
+    stream: str = Field(min_length=1, max_length=1000)
+    group: str = Field(default="metasentry", min_length=1, max_length=200)
+    # Default <hostname>-<pid>; a name that survives restarts (a pod name, ${POD_NAME}: ${VAR}
+    # is read from the environment) takes its own pending entries back at once instead of
+    # after claim_idle_s.
+    consumer: str | None = Field(default=None, min_length=1, max_length=200, pattern=r"^\S+$")
+    field: str | None = Field(default=None, min_length=1)
+    format: Literal["json", "csv"] | None = None
+    batch_size: int = Field(default=500, gt=0, le=100_000)
+    block_ms: int = Field(default=2000, gt=0, le=60_000)
+    claim_idle_s: float = Field(default=60.0, gt=0)
+    max_deliveries: int = Field(default=10, ge=1, le=1_000_000)
+    dead_letter_stream: str | None = Field(default=None, min_length=1, max_length=1000)
+    start_id: Literal["$", "0"] = "$"
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        scheme, sep, rest = value.partition("://")
+        if scheme.lower() not in ("redis", "rediss", "unix") or not sep or not rest:
+            raise ValueError("expected a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("start_id", mode="before")
+    @classmethod
+    def _start_id_text(cls, value: Any) -> Any:
+        return "0" if value == 0 else value  # YAML reads an unquoted 0 as a number
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RedisStreamSourceConfig:
+        if self.format is not None and self.field is None:
+            raise ValueError("`format:` says how `field:` is written; name the field, or "
+                             "leave `format:` out to read the entry's own fields")
+        if self.dead_letter_stream == self.stream:
+            raise ValueError("`dead_letter_stream:` must differ from `stream:`")
+        return self
+
+    @property
+    def record_format(self) -> Literal["json", "csv"]:
+        return self.format or "json"
+
+
 SourceConfig = Annotated[
-    CsvFileSourceConfig | JsonlFileSourceConfig | StdinSourceConfig,
+    CsvFileSourceConfig | JsonlFileSourceConfig | StdinSourceConfig | RedisStreamSourceConfig,
     Field(discriminator="type"),
 ]
 
@@ -548,6 +603,14 @@ class AgentConfig(_Model):
         """Which incidents each configured sink is sent, for the store's outbox."""
         return tuple(sink.route() for sink in self.sinks)
 
+    def source_url(self, source: RedisStreamSourceConfig) -> str:
+        """A Redis source's URL with ``${VAR}`` expanded (secret: never log it, redact it)."""
+        return expand_url_template(source.url)
+
+    def source_consumer(self, source: RedisStreamSourceConfig) -> str | None:
+        """A Redis source's consumer name with ``${VAR}`` expanded (``${POD_NAME}``)."""
+        return None if source.consumer is None else _expand(source.consumer, encode=False)
+
     def sink_url(self, sink: WebhookSinkConfig) -> str:
         """A webhook's URL with ``${VAR}`` expanded (secret: never log it, redact it)."""
         return expand_url_template(sink.url)
@@ -557,6 +620,9 @@ class AgentConfig(_Model):
         data = self.model_dump(mode="json", by_alias=True)
         data["storage"]["url"] = redact_url(self.storage.url)
         data["api"]["token"] = "set" if self.api_token() else "missing"
+        for entry, source in zip(data["sources"], self.sources, strict=True):
+            if isinstance(source, RedisStreamSourceConfig):
+                entry["url"] = redact_url(source.url)
         for entry, sink in zip(data["sinks"], self.sinks, strict=True):
             if isinstance(sink, WebhookSinkConfig):
                 entry["url"] = redact_url(sink.url)
@@ -721,7 +787,21 @@ def parse_config(text: str, *, source: str = "<string>", base_dir: Path = Path("
                 lines = [line.replace(f"detectors[{index}]", f"detectors.{entry['name']}")
                          for line in lines]
         raise ConfigError(lines) from None
+    errors = source_schema_errors(config)
+    if errors:
+        raise ConfigError(errors)
     return config
+
+
+def source_schema_errors(config: AgentConfig) -> list[str]:
+    """What a source needs from ``schema:``: CSV lines in a stream need named columns."""
+    errors = []
+    for i, source in enumerate(config.sources):
+        if (isinstance(source, RedisStreamSourceConfig) and source.format == "csv"
+                and not config.schema.columns):
+            errors.append(f"sources[{i}].format: csv lines have no header in a stream (got "
+                          "'csv', expected `schema.columns` to name the cells, or format json)")
+    return errors
 
 
 def environment_errors(config: AgentConfig, *, need_token: bool = True) -> list[str]:
@@ -755,6 +835,7 @@ def environment_errors(config: AgentConfig, *, need_token: bool = True) -> list[
     if url_error:
         errors.append(url_error)
     errors.extend(sink_errors(config))
+    errors.extend(redis_source_errors(config))
     if need_token and config.api.enabled and not config.api_token():
         errors.append(
             f"api.token_env: environment variable {config.api.token_env} is not set (expected the "
@@ -790,6 +871,50 @@ def sink_errors(config: AgentConfig) -> list[str]:
                 errors.append(f"{where}.path: not writable (got '{path}', expected a file the "
                               "agent may append to)")
     return errors
+
+
+def redis_source_errors(config: AgentConfig) -> list[str]:
+    """What Redis sources need: the client package, their URL's secrets, a URL that parses."""
+    errors: list[str] = []
+    for i, source in enumerate(config.sources):
+        if not isinstance(source, RedisStreamSourceConfig):
+            continue
+        where = f"sources[{i}]"
+        if importlib.util.find_spec("redis") is None:
+            errors.append(f"{where}.type: redis_stream needs the redis package, which is not "
+                          "installed (expected `pip install 'metasentry[redis]'`)")
+        missing = [name for name in _ENV_REF.findall(source.url) if name not in os.environ]
+        for name in missing:
+            errors.append(f"{where}.url: environment variable {name} is not set "
+                          "(expected a secret)")
+        consumer_vars = _ENV_REF.findall(source.consumer or "")
+        for name in consumer_vars:
+            if name not in os.environ:
+                errors.append(f"{where}.consumer: environment variable {name} is not set "
+                              "(expected this replica's name)")
+        consumer = config.source_consumer(source)
+        if consumer_vars and all(name in os.environ for name in consumer_vars) and (
+                not consumer or any(c.isspace() for c in consumer)):
+            errors.append(f"{where}.consumer: empty or holds spaces once the environment is "
+                          f"substituted (got {consumer!r}, expected a name without spaces)")
+        if not missing and _redis_url_error(config.source_url(source)):
+            errors.append(f"{where}.url: not a valid Redis URL once the environment is "
+                          f"substituted (got {redact_url(source.url)!r}; expected "
+                          "redis://[user:password@]host[:port][/db])")
+    return errors
+
+
+def _redis_url_error(url: str) -> bool:
+    """True when ``url`` lacks a host (or socket path), or has a bad port or database."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError:
+        return True
+    if parts.scheme == "unix":
+        return not parts.path
+    database = parts.path.strip("/")
+    return not parts.hostname or (bool(database) and not database.isdigit())
 
 
 def _url_error(url: str) -> bool:

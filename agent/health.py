@@ -19,6 +19,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Generic, TypeVar
 
+from agent.pipeline import observe_stream
+
 if TYPE_CHECKING:
     from agent.service import Agent
 
@@ -104,9 +106,11 @@ class HealthMonitor:
             self._thread.join(0.5)
 
     def refresh(self) -> None:
-        """One round: readiness (bounded), then lag of every source."""
+        """One round: readiness (bounded), then lag of every source (and the backlog figures
+        a Redis source last read: they never wait for the server)."""
         self.agent.readiness()
         for source in list(self.agent.sources):
+            observe_stream(self.agent.metrics, source)
             try:
                 lag = source.lag
             except Exception:  # noqa: BLE001 - a file rotated under us; next round will tell

@@ -12,6 +12,7 @@ one process never collide in the global registry.
 from __future__ import annotations
 
 import itertools
+import math
 import platform
 import threading
 import time
@@ -30,6 +31,7 @@ from prometheus_client import (
     ProcessCollector,
 )
 
+from adapters.base import StreamStats
 from adapters.sinks.base import FAILURE_REASONS
 from agent.version import __version__
 
@@ -71,12 +73,23 @@ CATALOGUE: Final[dict[str, str]] = {
     "metasentry_alert_permanent_failures_total": "counter",
     "metasentry_alert_outbox_pending": "gauge",
     "metasentry_alert_outbox_oldest_pending_age_seconds": "gauge",
+    "metasentry_source_reachable": "gauge",
+    "metasentry_stream_pending_entries": "gauge",
+    "metasentry_stream_group_lag_entries": "gauge",
+    "metasentry_stream_unread_trimmed_entries": "gauge",
+    "metasentry_stream_oldest_pending_age_seconds": "gauge",
+    "metasentry_stream_entries_read_total": "counter",
+    "metasentry_stream_entries_acked_total": "counter",
+    "metasentry_stream_entries_claimed_total": "counter",
+    "metasentry_stream_entries_dead_lettered_total": "counter",
+    "metasentry_stream_entries_trimmed_total": "counter",
+    "metasentry_stream_entries_redelivered_total": "counter",
 }
 
 #: the bounded vocabulary of ``reason`` on metasentry_records_rejected_total
 REJECT_REASONS: Final[tuple[str, ...]] = (
     "decode", "not_json", "not_object", "csv_columns", "oversize",
-    "missing_field", "wrong_type", "non_finite", "bad_shape", "blank",
+    "missing_field", "wrong_type", "non_finite", "bad_shape", "blank", "max_deliveries",
 )
 
 #: the bounded vocabulary of ``reason`` on metasentry_source_skipped_bytes_total
@@ -234,6 +247,7 @@ class Metrics:
             "when scraped, so it grows while the sink or the database is down.", ["sink"],
             registry=r)
         self._oldest_pending: dict[str, float | None] = {}
+        self._stream_metrics(r)
         self.build_info.info({"version": __version__, "python": platform.python_version(),
                               "tensorflow": _tensorflow_version()})
 
@@ -272,6 +286,77 @@ class Metrics:
     def _oldest_pending_age(self, sink: str) -> float:
         oldest = self._oldest_pending.get(sink)
         return 0.0 if oldest is None else max(0.0, datetime.now(UTC).timestamp() - oldest)
+
+    def _stream_metrics(self, r: CollectorRegistry) -> None:
+        """Sources read through a consumer group (Redis Streams): backlog and what happened to
+        entries. Gauges are NaN while unknown (see adapters/_redis_stats.py for when)."""
+        self.source_reachable = Gauge("metasentry_source_reachable",
+                                      "1 when the server a source reads from answered its last "
+                                      "call, 0 during an outage (network sources only).",
+                                      ["source"], registry=r)
+        self.stream_pending = Gauge("metasentry_stream_pending_entries",
+                                    "Entries delivered to the consumer group (any replica) and "
+                                    "not acknowledged (XPENDING).", ["source"], registry=r)
+        self.stream_lag = Gauge("metasentry_stream_group_lag_entries",
+                                "Entries added to the stream and not yet delivered to the "
+                                "consumer group; NaN when the server cannot tell (Redis < 7, "
+                                "entries deleted before delivery).", ["source"], registry=r)
+        self.stream_unread_trimmed = Gauge(
+            "metasentry_stream_unread_trimmed_entries",
+            "Entries added to the stream that the group will never read, trimmed or deleted "
+            "before delivery, as far as the server's counters show; NaN when unknown.",
+            ["source"], registry=r)
+        self.stream_oldest_pending_age = Gauge(
+            "metasentry_stream_oldest_pending_age_seconds",
+            "Seconds since the oldest pending entry of the group was added (from its id); 0 "
+            "when none is pending. Computed when scraped.", ["source"], registry=r)
+        help_texts = {
+            "read": "Entries delivered to this replica (new, its own pending, or claimed).",
+            "acked": "Entries this replica acknowledged, after their batch was committed.",
+            "claimed": "Entries this replica took over from an idle consumer (XAUTOCLAIM).",
+            "dead_lettered": "Entries delivered more than max_deliveries times, moved to the "
+                             "dead-letter stream and quarantined.",
+            "trimmed": "Pending entries found trimmed or deleted before they were judged "
+                       "(their content is lost).",
+            "redelivered": "Entries delivered again after their batch was committed (a crash "
+                           "between commit and acknowledgement); acknowledged, not re-judged.",
+        }
+        self.stream_counters = {
+            name: Counter(_base(f"metasentry_stream_entries_{name}_total"), text, ["source"],
+                          registry=r)
+            for name, text in help_texts.items()}
+        assert tuple(self.stream_counters) == StreamStats.COUNTERS
+        self._stream_seen: dict[tuple[str, str], int] = {}
+        self._stream_oldest: dict[str, int | None] = {}
+        self._stream_lock = threading.Lock()
+
+    def observe_stream(self, source: str, stats: StreamStats) -> None:
+        """Export a consumer-group source's figures; counters advance by what is new.
+
+        Called after each batch and by the health thread, so the counters take the difference
+        from the last call (a source object started afresh counts from 0 again).
+        """
+        def value(figure: int | None) -> float:
+            return math.nan if figure is None else float(figure)
+
+        with self._stream_lock:
+            self.source_reachable.labels(source).set(1 if stats.reachable else 0)
+            self.stream_pending.labels(source).set(value(stats.pending))
+            self.stream_lag.labels(source).set(value(stats.group_lag))
+            self.stream_unread_trimmed.labels(source).set(value(stats.unread_trimmed))
+            if source not in self._stream_oldest:
+                self.stream_oldest_pending_age.labels(source).set_function(
+                    lambda: self._stream_oldest_age(source))
+            self._stream_oldest[source] = stats.oldest_pending_ms
+            for name, counter in self.stream_counters.items():
+                now = getattr(stats, name)
+                before = self._stream_seen.get((source, name), 0)
+                counter.labels(source).inc(now - before if now >= before else now)
+                self._stream_seen[(source, name)] = now
+
+    def _stream_oldest_age(self, source: str) -> float:
+        oldest_ms = self._stream_oldest.get(source)
+        return 0.0 if oldest_ms is None else max(0.0, time.time() - oldest_ms / 1000)
 
     def set_config(self, sha256: str) -> None:
         self.config_info.info({"sha256": sha256})

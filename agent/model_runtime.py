@@ -36,7 +36,7 @@ from agent.support import ReferenceSplit, label_support, labels_digest, split_re
 from agent.training import ProgressLog, TrainingPlan, image_shape_of, train_learner
 from detectors.base import FeatureBatch
 from meta.live import AlertModel, support_digest, version_digest
-from storage import ModelVersion, Store
+from storage import AGENT_ACTOR, ModelVersion, Store
 
 log = logging.getLogger(__name__)
 
@@ -147,24 +147,29 @@ class ModelRuntime:
 
     # --- operator actions ----------------------------------------------------------------------
 
-    def activate(self, version_name: str) -> ModelVersion:
-        """Serve ``version_name`` (checked first: it must rebuild to its recorded sha256)."""
+    def activate(self, version_name: str, *, actor: str = AGENT_ACTOR,
+                 origin: str | None = None, rollback: bool = False) -> ModelVersion:
+        """Serve ``version_name`` (checked first: it must rebuild to its recorded sha256).
+
+        ``actor`` and ``origin`` (``storage.audit``) are what the audit log records.
+        """
         version = self.store.get_model_version(version_name)
         model = self.load_version(version)
         if version.status == "rejected":
             log.warning("activating model version %s, which its canary check rejected: %s",
                         version.version, "; ".join(version.reasons or []))
-        active = self.store.activate_model_version(version.version)
+        active = self.store.activate_model_version(version.version, actor=actor, origin=origin,
+                                                   rollback=rollback)
         self.install(model, active)
         return active
 
-    def rollback(self) -> ModelVersion:
+    def rollback(self, *, actor: str = AGENT_ACTOR, origin: str | None = None) -> ModelVersion:
         """Serve the parent of the version serving now (the one it replaced)."""
         active = self.store.active_model_version()
         if active is None or not active.parent:
             raise ModelLoadError("the active version has no parent to roll back to; use "
                                  "`metasentry models activate V` to choose one.")
-        return self.activate(active.parent)
+        return self.activate(active.parent, actor=actor, origin=origin, rollback=True)
 
     # --- versions ------------------------------------------------------------------------------
 

@@ -16,6 +16,12 @@ their per-record results were committed already and are not repeated. The positi
 carries the open groups of per-record findings (:mod:`agent.grouping`), so a burst that spans
 a restart stays one incident with an exact count.
 
+A source that several replicas read together (``adapters.base.SharedSource``: a Redis Streams
+consumer group) commits its position under a name of its own replica, so replicas never
+overwrite each other's positions or open groups, and it is handed a reader of the positions
+other replicas committed: what a dead replica committed and never acknowledged is then
+acknowledged by the replica that takes it over, not judged twice.
+
 When the live model is loaded, each batch is judged by one model version (pinned for the
 batch) and its embeddings are computed once and shared by every detector that asks for them.
 """
@@ -33,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from adapters.base import Batch, RawRecord, Source
+from adapters.base import Batch, RawRecord, SharedSource, Source
 from agent.config import AgentConfig
 from agent.detection import DetectorSet, Judgement, window_bounds
 from agent.grouping import Finding, Grouper, Placement, record_time
@@ -117,7 +123,9 @@ class Pipeline:
 
     def attach(self, source: Source) -> None:
         """Open a source where the last commit left it, rebuilding detector state if needed."""
-        position = self.store.load_position(source.name) or {}
+        if isinstance(source, SharedSource):
+            source.bind_committed_positions(self._committed_source_position)
+        position = self.store.load_position(position_name(source)) or {}
         detectors = DetectorSet(self.config, self.reference, self.model,
                                 self.encoder.tensor_layouts(self.reference.encoded))
         cfg = self.config.incidents
@@ -149,6 +157,11 @@ class Pipeline:
         else:
             source.open(position.get("source"))
         self._states[source.name] = state
+
+    def _committed_source_position(self, name: str) -> dict[str, Any] | None:
+        """The source part of the position committed under ``name`` (another replica's)."""
+        source_position = (self.store.load_position(name) or {}).get("source")
+        return source_position if isinstance(source_position, dict) else None
 
     def totals(self, source: str) -> tuple[int, int]:
         """(processed, rejected) for a source over its whole life, as committed."""
@@ -217,7 +230,8 @@ class Pipeline:
         state.rejected_total += len(quarantine)
         state.grouper.close_expired(state.processed_total)
 
-        result = self._commit(source=batch.source, position=self._position(state, source, batch),
+        result = self._commit(source=position_name(source),
+                              position=self._position(state, source, batch),
                               incidents=incidents, quarantine=quarantine, drift_reports=drift_rows,
                               incident_updates=updates, examples=examples,
                               references=references)
@@ -512,6 +526,19 @@ class Pipeline:
         if take_skipped is not None:
             for reason, skipped_bytes in take_skipped().items():
                 m.source_skipped.labels(batch.source, reason).inc(skipped_bytes)
+        observe_stream(m, source)
+
+
+def position_name(source: Source) -> str:
+    """Where a source's position is stored: its name, or its replica's (shared sources)."""
+    return source.position_name if isinstance(source, SharedSource) else source.name
+
+
+def observe_stream(metrics: Metrics, source: Source) -> None:
+    """Export a consumer-group source's backlog and counts (Redis Streams), if it has them."""
+    stats = getattr(source, "stream_stats", None)
+    if stats is not None:
+        metrics.observe_stream(source.name, stats)
 
 
 def _span(entries: deque[tuple[str, int, str | None, str | None]], first: int,

@@ -24,13 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from adapters.base import Source
+from adapters.base import ServerSource, Source
 from adapters.files import CsvFileSource, JsonlFileSource
+from adapters.redis_stream import RedisStreamSource
 from adapters.stdin import StdinSource
 from agent.config import (
     AgentConfig,
     CsvFileSourceConfig,
     JsonlFileSourceConfig,
+    RedisStreamSourceConfig,
     SourceConfig,
     StdinSourceConfig,
 )
@@ -42,6 +44,7 @@ from agent.schema import Encoder
 from detectors.base import FeatureBatch
 from storage import Store, StoreTimeouts, StoreUnavailable
 from storage.records import MAX_SOURCE_CHARS
+from storage.urls import redact_url
 
 if TYPE_CHECKING:
     from agent.adaptation import Adapter
@@ -106,6 +109,15 @@ def build_source(config: AgentConfig, spec: SourceConfig) -> Source:
     if isinstance(spec, StdinSourceConfig):
         columns = None if spec.header else config.schema.columns
         return StdinSource(spec.name, format=spec.format, columns=columns, header=spec.header)
+    if isinstance(spec, RedisStreamSourceConfig):
+        return RedisStreamSource(  # the redis package is imported here, when one is configured
+            spec.name, config.source_url(spec), stream=spec.stream, group=spec.group,
+            consumer=config.source_consumer(spec), field=spec.field, format=spec.record_format,
+            columns=config.schema.columns, batch_size=spec.batch_size, block_ms=spec.block_ms,
+            claim_idle_s=spec.claim_idle_s, max_deliveries=spec.max_deliveries,
+            dead_letter_stream=spec.dead_letter_stream, start_id=spec.start_id,
+            max_record_bytes=max_bytes, max_backoff_s=config.storage.retry_max_backoff_s,
+            log_url=redact_url(spec.url))
     raise TypeError(f"unsupported source config {type(spec).__name__}")
 
 
@@ -208,7 +220,9 @@ class Agent:
         """Each readiness condition on its own, for /readyz and the health monitor.
 
         Bounded by ``readiness_timeout_s`` however the database behaves: a probe that has not
-        answered by then counts as "database not reachable".
+        answered by then counts as "database not reachable". With a source that reads from a
+        server (Redis), ``sources_reachable`` says whether every such server answers; it never
+        waits, the sources remember how their last call went.
         """
         try:
             reachable, at_head = self._database_probe(self.readiness_timeout_s)
@@ -219,6 +233,10 @@ class Agent:
             "database_reachable": reachable,
             "migrations_at_head": at_head,
         }
+        # Only sources that talk to a server (Redis) can be unreachable; files cannot.
+        servers = [source for source in self.sources if isinstance(source, ServerSource)]
+        if servers:
+            checks["sources_reachable"] = all(source.reachable for source in servers)
         ready = all(checks.values())
         if ready != self._was_ready:  # once per change: this runs every few seconds
             if ready:

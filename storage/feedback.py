@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, and_, func, select, update
 
+from storage.audit import AGENT_ACTOR, record_audit
 from storage.models import Base
 from storage.records import (
     LABEL_STATUSES,
@@ -38,6 +39,9 @@ _RECORDS: Table = Base.metadata.tables["incident_records"]
 
 #: statuses a label can still teach from
 LEARNABLE = ("pending", "released")
+#: the audit action of each status move (moves to other statuses are not audited)
+_STATUS_ACTIONS = {"held": "label.hold", "released": "label.release", "used": "label.use",
+                   "rejected": "label.reject"}
 
 
 class LabelNotFound(KeyError):
@@ -71,13 +75,16 @@ class FeedbackStore:
         return self.apply_label(incident_id, label, actor=actor, note=note)[0]
 
     def apply_label(self, incident_id: int, label: str, *, actor: str, note: str | None = None,
-                    records: Sequence[str] | None = None) -> tuple[Incident, list[Label]]:
+                    records: Sequence[str] | None = None,
+                    origin: str | None = None) -> tuple[Incident, list[Label]]:
         """Label an incident: one label per example record (or per chosen ``records`` keys).
 
         The incident becomes ``labelled`` and carries the label; the new label rows are
         ``pending`` (screening and adaptation will look at them), or ``noted`` when the
         incident has no example records. ``benign_drift`` on a drift incident also approves
         the window kept beside it as a reference candidate (:mod:`storage.references`).
+        Both are audited (``label.add``, ``reference.approve``) from ``origin``
+        (:mod:`storage.audit`), in the same transaction.
         """
         label = require_label_text("label", label, MAX_LABEL_CHARS)
         actor = require_label_text("actor", actor, MAX_ACTOR_CHARS)
@@ -110,8 +117,12 @@ class FeedbackStore:
             ids: list[int] = [
                 connection.execute(_LABELS.insert().values(**v).returning(_LABELS.c.id))
                 .scalar_one() for v in values]
+            record_audit(connection, actor=actor, action="label.add",
+                         target=f"incident:{incident_id}", origin=origin, now=now,
+                         detail={"label": label, "label_ids": ids,
+                                 "status": values[0]["status"]})
             if label == BENIGN_DRIFT:
-                approve_candidates(connection, incident_id, actor, now)
+                approve_candidates(connection, incident_id, actor, now, origin=origin)
             incident = Incident(**connection.execute(
                 select(_INCIDENTS).where(_INCIDENTS.c.id == incident_id)).one()._asdict())
             created = [Label(**row._asdict()) for row in connection.execute(
@@ -170,8 +181,13 @@ class FeedbackStore:
             return {str(row[0]): int(row[1]) for row in connection.execute(query)}
 
     def set_label_status(self, label_ids: Sequence[int], status: str, *,
-                         reason: str | None = None, model_version: str | None = None) -> int:
-        """Move labels to ``status`` (with the reason and the version); returns how many."""
+                         reason: str | None = None, model_version: str | None = None,
+                         actor: str = AGENT_ACTOR, origin: str | None = None) -> int:
+        """Move labels to ``status`` (with the reason and the version); returns how many.
+
+        A move to held, released, used or rejected is audited as one row for the call
+        (``label.hold`` ...; ``actor`` defaults to the agent, which screens and adapts).
+        """
         if status not in LABEL_STATUSES:
             raise ValueError(f"status must be one of {list(LABEL_STATUSES)}, got {status!r}.")
         if not label_ids:
@@ -185,17 +201,31 @@ class FeedbackStore:
             for chunk in _chunks(sorted(set(label_ids)), 500):
                 changed += connection.execute(
                     update(_LABELS).where(_LABELS.c.id.in_(chunk)).values(**values)).rowcount
+            if status in _STATUS_ACTIONS and changed:
+                ids = sorted(set(label_ids))
+                target = (f"label:{ids[0]}" if len(ids) == 1 else
+                          f"model:{model_version}" if model_version else f"labels:{len(ids)}")
+                detail: dict[str, Any] = {"label_ids": ids, "reason": reason}
+                if model_version is not None:
+                    detail["model_version"] = model_version
+                record_audit(connection, actor=actor, action=_STATUS_ACTIONS[status],
+                             target=target, origin=origin, detail=detail,
+                             now=values["updated_at"])
         return changed
 
-    def release_label(self, label_id: int, *, actor: str) -> Label:
-        """Override screening: a held (or rejected) label may teach at the next adaptation."""
+    def release_label(self, label_id: int, *, actor: str, origin: str | None = None) -> Label:
+        """Override screening: a held (or rejected) label may teach at the next adaptation.
+
+        Audited as ``label.release`` by ``actor`` from ``origin``.
+        """
         actor = require_label_text("actor", actor, MAX_ACTOR_CHARS)
         label = self.get_label(label_id)
         if label.status not in ("held", "rejected"):
             raise ValueError(
                 f"label {label_id} is {label.status}; only held or rejected labels can be "
                 "released.")
-        self.set_label_status([label_id], "released", reason=f"released by {actor}")
+        self.set_label_status([label_id], "released", reason=f"released by {actor}",
+                              actor=actor, origin=origin)
         return self.get_label(label_id)
 
     def actor_screening_record(self) -> dict[str, tuple[int, int]]:

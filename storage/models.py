@@ -34,8 +34,12 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 from storage.records import (
+    AUDIT_ACTIONS,
     LABEL_STATUSES,
     MAX_ACTOR_CHARS,
+    MAX_AUDIT_ACTION_CHARS,
+    MAX_AUDIT_ORIGIN_CHARS,
+    MAX_AUDIT_TARGET_CHARS,
     MAX_CLASS_CHARS,
     MAX_DETECTOR_CHARS,
     MAX_HOLDER_CHARS,
@@ -362,3 +366,28 @@ class AlertOutboxRow(Base):
     claimed_until: Mapped[datetime | None]
     delivered_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
+
+
+class AuditLogRow(Base):
+    """Who changed what the agent believes, from where: the append-only audit log.
+
+    Written in the transaction of the change it records (``storage.audit``); never updated,
+    and never deleted by retention (``Store.purge_older_than``).
+    """
+
+    __tablename__ = "audit_log"
+    __table_args__ = (
+        CheckConstraint(_one_of("action", AUDIT_ACTIONS), name="action"),
+        # `metasentry audit` and GET /v1/audit read newest first, filtered by these.
+        Index(None, "at"),
+        Index(None, "action", "id"),
+        Index(None, "actor", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(StorableString(MAX_ACTOR_CHARS))
+    action: Mapped[str] = mapped_column(StorableString(MAX_AUDIT_ACTION_CHARS))
+    target: Mapped[str] = mapped_column(StorableString(MAX_AUDIT_TARGET_CHARS))
+    origin: Mapped[str] = mapped_column(StorableString(MAX_AUDIT_ORIGIN_CHARS))
+    detail: Mapped[dict[str, Any]]

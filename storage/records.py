@@ -34,6 +34,12 @@ REFERENCE_STATUSES: tuple[str, ...] = ("active", "superseded", "pruned", "candid
 #: pending: waiting for (another) delivery attempt; delivered: the sink took it; failed: the
 #: sink refused it for good (kept, with its last error, for an operator to look at)
 OUTBOX_STATUSES: tuple[str, ...] = ("pending", "delivered", "failed")
+#: what the audit log records (``storage.audit``): label given, label status moved by an
+#: actor or by adaptation, model version activated or rolled back, reference version rolled
+#: back or a drift window approved as normal (a ``benign_drift`` label)
+AUDIT_ACTIONS: tuple[str, ...] = ("label.add", "label.hold", "label.release", "label.use",
+                                  "label.reject", "model.activate", "model.rollback",
+                                  "reference.rollback", "reference.approve")
 
 # Column widths, shared with storage.models so validation and schema cannot disagree.
 MAX_KIND_CHARS = 32
@@ -48,6 +54,9 @@ MAX_MODEL_VERSION_CHARS = 100
 MAX_EXCERPT_CHARS = 2000
 MAX_SINK_CHARS = 100
 MAX_HOLDER_CHARS = 100
+MAX_AUDIT_ACTION_CHARS = 32
+MAX_AUDIT_TARGET_CHARS = 600
+MAX_AUDIT_ORIGIN_CHARS = 300
 
 
 def require_text(name: str, value: str, max_chars: int) -> None:
@@ -281,6 +290,28 @@ class Label:
     status_reason: str | None = None
     model_version: str | None = None
     updated_at: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _as_json_ready(self)
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One row of the append-only audit log: who changed what the agent believes, from where.
+
+    ``target`` names what changed (``incident:42``, ``label:7``, ``model:3``,
+    ``reference:src/detector/v2``); ``origin`` where the request came from (``api:<ip>``,
+    ``cli:<user>@<host>``, ``agent:<host>``); ``detail`` a small JSON object (the label, the
+    previously active version, ...).
+    """
+
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    target: str
+    origin: str
+    detail: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
         return _as_json_ready(self)

@@ -24,6 +24,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Insert, Table, select, update
 
+from storage.audit import record_audit
 from storage.models import Base
 from storage.records import (
     MAX_ACTOR_CHARS,
@@ -45,20 +46,30 @@ _META_COLUMNS = [c for c in _REFERENCES.c if c.name != "data"]
 
 
 def approve_candidates(connection: Connection, incident_id: int, actor: str,
-                       now: datetime) -> int:
-    """Approve the candidates kept for an incident (inside the label's transaction)."""
+                       now: datetime, *, origin: str | None = None) -> int:
+    """Approve the candidates kept for an incident (inside the label's transaction).
+
+    An approval is audited (``reference.approve``) when it approved something.
+    """
     incident = connection.execute(
         select(_INCIDENTS.c.source, _INCIDENTS.c.offset_key, _INCIDENTS.c.detector)
         .where(_INCIDENTS.c.id == incident_id)).one_or_none()
     if incident is None:
         return 0
-    return int(connection.execute(
+    approved = int(connection.execute(
         update(_REFERENCES).where(
             _REFERENCES.c.source == incident.source,
             _REFERENCES.c.detector == incident.detector,
             _REFERENCES.c.incident_key == incident.offset_key,
             _REFERENCES.c.status == "candidate")
         .values(status="approved", actor=actor, updated_at=now)).rowcount)
+    if approved:
+        record_audit(connection, actor=actor, action="reference.approve",
+                     target=f"reference:{incident.source}/{incident.detector}/candidate",
+                     origin=origin, now=now,
+                     detail={"incident_id": incident_id, "incident_key": incident.offset_key,
+                             "candidates": approved})
+    return approved
 
 
 def insert_references(connection: Connection, insert: Callable[[Table], Insert],
@@ -184,8 +195,12 @@ class ReferenceStore:
         return data
 
     def rollback_reference(self, source: str, detector: str, version: int, *, actor: str,
-                           note: str | None = None) -> ReferenceVersion:
-        """Make a copy of version ``version`` the active one (a new version: history stays)."""
+                           note: str | None = None, origin: str | None = None
+                           ) -> ReferenceVersion:
+        """Make a copy of version ``version`` the active one (a new version: history stays).
+
+        Audited as ``reference.rollback`` by ``actor`` from ``origin``, in the same transaction.
+        """
         require_text("actor", actor, MAX_ACTOR_CHARS)
         target = self.find_reference(source, detector, version)
         data = self.reference_data(target.id)
@@ -203,5 +218,12 @@ class ReferenceStore:
                          "anchor_version": int(latest) + 1},
                 version=int(latest) + 1, parent=version, actor=actor,
                 note=note or f"rollback to version {version}")
+            previous = connection.execute(select(_REFERENCES.c.version).where(
+                _REFERENCES.c.source == source, _REFERENCES.c.detector == detector,
+                _REFERENCES.c.status == "active")).scalar_one_or_none()
             insert_references(connection, self._dialect_insert, [row], now)
+            record_audit(connection, actor=actor, action="reference.rollback",
+                         target=f"reference:{source}/{detector}/v{int(latest) + 1}",
+                         origin=origin, now=now,
+                         detail={"copy_of": version, "previous_active": previous})
         return self.find_reference(source, detector, int(latest) + 1)

@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Table, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 
+from storage.audit import AGENT_ACTOR, record_audit
 from storage.models import Base
 from storage.records import (
     MAX_MODEL_VERSION_CHARS,
@@ -68,8 +69,13 @@ class RegistryStore:
         label_ids: Sequence[int] = (),
         trigger: str | None = None,
         reasons: Sequence[str] | None = None,
+        actor: str = AGENT_ACTOR,
+        origin: str | None = None,
     ) -> ModelVersion:
-        """Register a version; with ``activate`` it also becomes the one in service, atomically."""
+        """Register a version; with ``activate`` it also becomes the one in service, atomically.
+
+        An activation is audited (``model.activate`` by ``actor``, the agent unless told).
+        """
         require_text("version", version, MAX_MODEL_VERSION_CHARS)
         require_text("algorithm", algorithm, 100)
         if len(path) > 4096:
@@ -81,8 +87,9 @@ class RegistryStore:
             raise ValueError(f"status must be one of {list(MODEL_STATUSES)}, got {status!r}.")
         if (status == "active") != activate:
             raise ValueError("a version is registered active exactly when activate=True.")
+        now = datetime.now(UTC)
         values = {
-            "version": version, "created_at": datetime.now(UTC), "algorithm": algorithm,
+            "version": version, "created_at": now, "algorithm": algorithm,
             "path": path, "sha256": sha256, "metrics": dict(metrics), "active": False,
             "status": "candidate" if activate else status, "parent": parent,
             "base_sha256": base_sha256, "benign_class": benign_class,
@@ -97,7 +104,10 @@ class RegistryStore:
             except IntegrityError:
                 raise ValueError(f"model version {version!r} is already registered.") from None
             if activate:
-                self._activate(connection, version)
+                previous = self._activate(connection, version)
+                record_audit(connection, actor=actor, action="model.activate",
+                             target=f"model:{version}", origin=origin, now=now,
+                             detail={"previous": previous, "trigger": trigger})
             return self._fetch_model_version(connection, version)
 
     def next_model_version(self) -> str:
@@ -107,11 +117,21 @@ class RegistryStore:
         numbers = [int(name) for name in names if name.isdigit()]
         return str(max(numbers, default=0) + 1)
 
-    def activate_model_version(self, version: str) -> ModelVersion:
-        """Make ``version`` the only active model, in one transaction (the old one retires)."""
+    def activate_model_version(self, version: str, *, actor: str = AGENT_ACTOR,
+                               origin: str | None = None, rollback: bool = False
+                               ) -> ModelVersion:
+        """Make ``version`` the only active model, in one transaction (the old one retires).
+
+        Audited in that transaction: ``model.activate``, or ``model.rollback`` when
+        ``rollback`` says the operator asked to go back to the version the active one replaced.
+        """
         with self._session("activate_model_version", write=True) as connection:
             self._lock_registry(connection)
-            self._activate(connection, version)
+            previous = self._activate(connection, version)
+            record_audit(connection, actor=actor,
+                         action="model.rollback" if rollback else "model.activate",
+                         target=f"model:{version}", origin=origin,
+                         detail={"previous": previous})
             return self._fetch_model_version(connection, version)
 
     def active_model_version(self) -> ModelVersion | None:
@@ -243,14 +263,20 @@ class RegistryStore:
             connection.execute(text("LOCK TABLE model_versions IN SHARE ROW EXCLUSIVE MODE"))
 
     @staticmethod
-    def _activate(connection: Connection, version: str) -> None:
+    def _activate(connection: Connection, version: str) -> str | None:
+        """Activate ``version``; returns the version that was active before, if any."""
         # Two statements, in this order: the partial unique index forbids two active rows
-        # even for an instant.
-        connection.execute(
+        # even for an instant. The first writes before anything reads, so SQLite takes its
+        # write lock up front (a read first would fail to upgrade under concurrent writers).
+        previous: str | None = connection.execute(
             update(_MODEL_VERSIONS)
             .where(_MODEL_VERSIONS.c.active.is_(True), _MODEL_VERSIONS.c.version != version)
             .values(active=False, status="retired")
-        )
+            .returning(_MODEL_VERSIONS.c.version)
+        ).scalar_one_or_none()
+        if previous is None:  # nothing retired: none was active, or ``version`` already is
+            previous = connection.execute(select(_MODEL_VERSIONS.c.version).where(
+                _MODEL_VERSIONS.c.active.is_(True))).scalar_one_or_none()
         activated = connection.execute(
             update(_MODEL_VERSIONS).where(_MODEL_VERSIONS.c.version == version)
             .values(active=True, status="active")
@@ -258,6 +284,7 @@ class RegistryStore:
         if activated.rowcount == 0:
             raise ModelVersionNotFound(version)
         logger.info("model version %s is now active", version)
+        return previous
 
     @staticmethod
     def _fetch_model_version(connection: Connection, version: str) -> ModelVersion:

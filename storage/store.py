@@ -54,6 +54,7 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from storage.audit import AuditStore
 from storage.deadline import Watchdog, shut_down_socket
 from storage.engine import StoreTimeouts, create_store_engine, parse_store_url
 from storage.feedback import FeedbackStore
@@ -174,13 +175,15 @@ def _drift_report_values(report: NewDriftReport, now: datetime) -> dict[str, Any
     }
 
 
-class Store(FeedbackStore, RegistryStore, ReferenceStore, OutboxStore):
+class Store(FeedbackStore, RegistryStore, ReferenceStore, OutboxStore, AuditStore):
     """SQL persistence for incidents, labels, quarantine, drift reports, offsets and models.
 
     Labels and example records live in :class:`~storage.feedback.FeedbackStore`, the model
     registry in :class:`~storage.registry.RegistryStore`, reference versions in
     :class:`~storage.references.ReferenceStore`, the alert outbox in
-    :class:`~storage.outbox.OutboxStore`; all share this class's sessions.
+    :class:`~storage.outbox.OutboxStore`, the audit log in :class:`~storage.audit.AuditStore`
+    (read only: rows are appended by the changes they record); all share this class's
+    sessions.
 
     Parameters
     ----------
@@ -532,6 +535,9 @@ class Store(FeedbackStore, RegistryStore, ReferenceStore, OutboxStore):
         is never dropped for its age. Outbox rows that were delivered or failed go with their
         incident, or once they are older than ``days`` themselves.
         """
+        # The audit log (``audit_log``) is deliberately absent below: retention never deletes
+        # who changed what the agent believes. An operator whose policy demands pruning it
+        # does so explicitly, in SQL (docs/RELIABILITY.md, "The audit log").
         if not math.isfinite(days) or days < 0:
             raise ValueError(f"days must be a finite number >= 0, got {days}.")
         if now is not None and now.utcoffset() is None:

@@ -1,18 +1,23 @@
 """One suite over every record source: the at-least-once contract of `adapters.base.Source`.
 
 Each case builds a source over the same logical content (23 good records with one bad line in
-the middle) in its own format and transport; every test runs against every case.
+the middle) in its own format and transport; every test runs against every case. The Redis
+Streams cases run against the real server (skipped, saying so, when it does not answer): each
+line is one entry's ``data`` field, and an empty line, which a stream cannot carry as a record
+of nothing, is not added.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,9 +28,11 @@ from adapters import (
     JsonlFileSource,
     MemorySource,
     RawRecord,
+    RedisStreamSource,
     Source,
     StdinSource,
 )
+from tests.redis_server import REDIS_URL, redis_client
 
 GOOD = 23
 BAD_AT = 10
@@ -55,6 +62,7 @@ class SourceCase:
     make: Factory
     finite: bool  # reports exhaustion at the end of its content
     resumable: bool  # positions let a new instance continue where the old one stopped
+    marks: tuple[Any, ...] = ()
 
     def build(self, tmp_path: Path, lines: list[bytes] | None = None) -> Source:
         return self.make(
@@ -70,6 +78,33 @@ def _file(tmp_path: Path, name: str, lines: list[bytes]) -> Path:
 
 
 COLUMNS = ["id", "name"]
+
+_REDIS_KEYS: list[str] = []  # streams made by the current test, deleted after it
+
+
+def _redis(tmp_path: Path, lines: list[bytes], record_format: str) -> RedisStreamSource:
+    """A consumer of a stream holding ``lines`` (added once: a second build reads it again)."""
+    client = redis_client()
+    key = "metasentry:test:contract:" + hashlib.sha1(str(tmp_path).encode()).hexdigest()[:16]
+    if not client.exists(key):
+        _REDIS_KEYS.append(key)
+        for line in lines:
+            if line:
+                client.xadd(key, {"data": line})
+    client.close()
+    return RedisStreamSource("s", REDIS_URL, stream=key, group="g", consumer="c1",
+                             field="data", format=record_format,
+                             columns=COLUMNS if record_format == "csv" else None, start_id="0")
+
+
+@pytest.fixture(autouse=True)
+def _delete_redis_streams() -> Iterator[None]:
+    yield
+    if _REDIS_KEYS:
+        client = redis_client()
+        client.delete(*_REDIS_KEYS, *(f"{key}:dead" for key in _REDIS_KEYS))
+        client.close()
+        _REDIS_KEYS.clear()
 
 CASES = [
     SourceCase(
@@ -157,10 +192,32 @@ CASES = [
         finite=True,
         resumable=True,
     ),
+    SourceCase(
+        "redis-stream-json",
+        format="jsonl",
+        header=False,
+        make=lambda t, lines: _redis(t, lines, "json"),
+        finite=False,
+        resumable=True,
+        marks=(pytest.mark.redis,),
+    ),
+    SourceCase(
+        "redis-stream-csv",
+        format="csv",
+        header=False,
+        make=lambda t, lines: _redis(t, lines, "csv"),
+        finite=False,
+        resumable=True,
+        marks=(pytest.mark.redis,),
+    ),
 ]
 
 
-@pytest.fixture(params=CASES, ids=[case.id for case in CASES])
+def _params(cases: list[SourceCase]) -> list[Any]:
+    return [pytest.param(case, id=case.id, marks=case.marks) for case in cases]
+
+
+@pytest.fixture(params=_params(CASES))
 def case(request: pytest.FixtureRequest) -> SourceCase:
     return request.param  # type: ignore[no-any-return]
 
@@ -168,7 +225,7 @@ def case(request: pytest.FixtureRequest) -> SourceCase:
 RESUMABLE = [case for case in CASES if case.resumable]
 
 
-@pytest.fixture(params=RESUMABLE, ids=[case.id for case in RESUMABLE])
+@pytest.fixture(params=_params(RESUMABLE))
 def resumable_case(request: pytest.FixtureRequest) -> SourceCase:
     return request.param  # type: ignore[no-any-return]
 

@@ -16,6 +16,8 @@ CONFIGS = [REPO / "agent.yaml", *sorted((REPO / "examples").glob("*.yaml"))]
 def test_shipped_config_is_valid(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("METASENTRY_API_TOKEN", "t")
     monkeypatch.setenv("PGPASSWORD", "p")
+    monkeypatch.setenv("REDIS_PASSWORD", "p")
+    monkeypatch.setenv("POD_NAME", "replica-0")
     config = load_config(path)
     assert config.sha256
     assert "p@" not in str(config.redacted_summary())
