@@ -43,7 +43,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -393,14 +393,7 @@ class RedisStreamSource:
             self._handed_out.difference_update(handout.ids)
         if self._outage.down:
             return
-        try:
-            self._flush()
-        except _GroupMissing as exc:
-            self._group_vanished(exc)
-        except Exception as exc:
-            if not self._is_server_trouble(exc):
-                raise
-            self._lost(exc)
+        self._against_server(self._flush)
 
     def close(self) -> None:
         """Send acknowledgements still held (if the server answers), then disconnect."""
@@ -418,16 +411,23 @@ class RedisStreamSource:
 
     def refresh_stats(self) -> None:
         """Read the group's backlog figures now; an unreachable server is noted, not raised."""
+        if self._against_server(self._read_figures):
+            self._outage.succeeded()
+
+    def _against_server(self, call: Callable[[], object]) -> bool:
+        """Run ``call``; a vanished group is recreated and an unreachable server noted as an
+        outage (False) instead of raised; anything else is a bug and raises."""
         try:
-            self._read_figures()
+            call()
         except _GroupMissing as exc:
             self._group_vanished(exc)
+            return False
         except Exception as exc:
             if not self._is_server_trouble(exc):
                 raise
             self._lost(exc)
-        else:
-            self._outage.succeeded()
+            return False
+        return True
 
     # --- reading ---------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ yields the same buckets as inserting them one by one.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -63,7 +64,7 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     return int(value)
 
 
-class _ChangeDetector:
+class _ChangeDetector(ABC):
     """Shared parameters, standardisation, the alarm loop and persistence.
 
     Subclasses keep the statistic: ``_reset_statistic`` forgets it and ``_advance`` feeds it
@@ -94,8 +95,9 @@ class _ChangeDetector:
         self._warm = np.zeros(0)
         self._reset_statistic()
 
+    @abstractmethod
     def _reset_statistic(self) -> None:
-        raise NotImplementedError
+        ...
 
     @property
     def statistic(self) -> float:
@@ -155,15 +157,17 @@ class _ChangeDetector:
             # A constant warm-up says nothing about the scale: fall back to the data's units.
             self._spread = float(self._warm.std(ddof=1)) or 1.0
 
+    @abstractmethod
     def _advance(self, values: np.ndarray) -> tuple[np.ndarray, int | None]:
         """Feed ``values`` up to the first alarm: the statistic after each value fed and the
         alarm's position (``None``: all fed, no alarm)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def null_paths(self, values: np.ndarray) -> np.ndarray:
         """Statistic paths of fresh detectors over the rows of ``values``, never alarming;
         ``-inf`` where no alarm may fire."""
-        raise NotImplementedError
+        ...
 
     def quantise(self, values: np.ndarray) -> np.ndarray:
         """Standardised, clipped values in integer units of 2⁻¹⁶ standard deviations."""
@@ -176,8 +180,9 @@ class _ChangeDetector:
             raise ValueError(f"{type(self).__name__} needs mean and std for null paths; "
                              "calibrate() sets them from the null scores.")
 
+    @abstractmethod
     def get_params(self) -> dict[str, Any]:
-        raise NotImplementedError
+        ...
 
     def __repr__(self) -> str:
         arguments = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
@@ -232,6 +237,7 @@ class _CumulativeDetector(_ChangeDetector):
                 "mean": self.mean, "std": self.std, "warmup": self.warmup,
                 "grace_period": self.grace_period}
 
+    @abstractmethod
     def path(self, q: np.ndarray, state: dict[str, Any] | None = None
              ) -> tuple[np.ndarray, dict[str, Any]]:
         """Statistic after each value of ``q`` (last axis) without alarms, and the end state.
@@ -239,7 +245,7 @@ class _CumulativeDetector(_ChangeDetector):
         ``state`` defaults to this detector's; a fresh state (``{}``) gives null paths for
         calibration, row by row when ``q`` is 2-D.
         """
-        raise NotImplementedError
+        ...
 
     def null_paths(self, values: np.ndarray) -> np.ndarray:
         """Statistic paths of fresh detectors over the rows of ``values``, never alarming;
