@@ -28,6 +28,7 @@ test: $(STAMP)
 
 bench: $(STAMP) art-env drift-env
 	$(BIN)/python -m bench.throughput
+	$(BIN)/python -m bench.soak
 	nice -n 10 $(BIN)/python -m bench.fewshot
 	nice -n 10 $(BIN)/python -m bench.adaptation
 	nice -n 10 $(BIN)/python -m bench.adversarial

@@ -15,6 +15,7 @@ replica reads the entry and however often, so the store keys incidents and quara
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from itertools import islice
 from typing import Literal
 
 import orjson
@@ -110,7 +111,7 @@ class EntryParser:
     def _missing(self, key: str, fields: Mapping[bytes, bytes]) -> RawRecord:
         names = sorted(name.decode("utf-8", "backslashreplace") for name in fields)
         shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
-        return RawRecord(key, _render(fields), None, ERROR_MISSING_FIELD,
+        return RawRecord(key, _excerpt(fields), None, ERROR_MISSING_FIELD,
                          f"entry has no field {self.field!r} (its fields: {shown})")
 
     def _fields_record(self, key: str, fields: Mapping[bytes, bytes]) -> RawRecord:
@@ -133,6 +134,17 @@ class EntryParser:
             except UnicodeDecodeError as exc:
                 return decode_error_record(key, part, exc)._replace(raw=_render(fields))
         raise AssertionError("every part decoded")  # pragma: no cover - called on a failure
+
+
+def _excerpt(fields: Mapping[bytes, bytes]) -> str:
+    """`_render` of the start of each name and value, at most `EXCERPT_BYTES` characters.
+
+    An entry without the expected field was never held to ``max_record_bytes``, so rendering
+    all of it would put an unbounded excerpt in the quarantine (found by fuzzing).
+    """
+    cut = {name[:EXCERPT_BYTES]: value[:EXCERPT_BYTES]
+           for name, value in islice(fields.items(), 64)}
+    return _render(cut)[:EXCERPT_BYTES]
 
 
 def _render(fields: Mapping[bytes, bytes]) -> str:

@@ -304,10 +304,9 @@ class FileTail:
         """Up to ``max_lines`` complete lines, or ``None`` if none is available right now."""
         if not self._opened or self._closed:
             raise RuntimeError(f"reader for {self.path} is not open.")
+        if self._splitter.pending < max_lines:
+            self._advance(max_lines)
         block = self._splitter.take(max_lines)
-        if block is None:
-            self._advance()
-            block = self._splitter.take(max_lines)
         if block is None:
             return None
         file = self._file
@@ -561,15 +560,27 @@ class FileTail:
             self._head += data[: FINGERPRINT_BYTES - self._read_offset]
         return data
 
-    def _advance(self) -> None:
-        """Read until at least one line is complete or nothing more is available now."""
-        while self._splitter.pending == 0 and not self._reached_end:
+    def _advance(self, want: int = 1) -> None:
+        """Read until at least one line is complete or nothing more is available now.
+
+        A compressed file is read on until ``want`` lines are waiting: its reads come in small
+        decompressed pieces (a few hundred lines), and a batch that small costs the pipeline a
+        commit and a pass over every column for little. Topping up stops at the end of what is
+        there and at a rotation, whose handling waits until every line read is handed out.
+        """
+        while not self._reached_end:
+            pending = self._splitter.pending
+            if pending and (pending >= want or self._switch or self._file is None
+                            or not self._file.compressed):
+                return
             if self._switch:
                 self._move_on()
             if self._file is None and not self._attach(self.path, rotated=False):
                 return
             assert self._file is not None
             data = self._read_chunk(self.chunk_bytes)
+            if not data and pending and self.follow and not self._file.rotated:
+                return  # a live file's end (rotation, truncation) waits for these lines
             if data:
                 if self.follow and not self._file.rotated and not self._observe():
                     self._on_truncation("its first bytes changed under the reader")

@@ -29,7 +29,7 @@ Two optional capabilities, looked up with ``getattr`` by the pipeline:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Literal, NamedTuple, Protocol, runtime_checkable
 
@@ -126,6 +126,8 @@ class Batch:
         Name of the source the records came from.
     records:
         The records, in source order; may be empty when nothing arrived before the timeout.
+        A tuple, or for a clean CSV block `adapters.columnar.ColumnarRecords`, which keeps the
+        cells as columns and makes a `RawRecord` only for the records asked for by index.
     position:
         JSON-serialisable point to resume from once this batch is committed (pass it to
         `Source.open` after a restart); ``None`` when the source cannot resume (stdin) or has
@@ -138,7 +140,7 @@ class Batch:
     """
 
     source: str
-    records: tuple[RawRecord, ...]
+    records: Sequence[RawRecord]
     position: dict[str, Any] | None
     textual: bool
     exhausted: bool = False

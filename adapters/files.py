@@ -159,10 +159,10 @@ class _FileSource:
             if lines is not None:
                 block = lines.block
                 keys = file_offset_keys(lines.generation.id, block)
-                records = self._parser.parse(block, keys)
+                records = self._parser.parse_block(block, keys)
                 self._position = file_position(self.path, lines)
                 if records:
-                    return Batch(self.name, tuple(records), dict(self._position), textual)
+                    return Batch(self.name, records, dict(self._position), textual)
                 continue
             if self._tail.exhausted:
                 return Batch(self.name, (), self._position_copy(), textual, exhausted=True)

@@ -116,9 +116,9 @@ class MemorySource:
         textual = self._parser.textual
         while self._next < len(self._lines):
             block = self._take(max_records)
-            records = self._parser.parse(block, line_number_keys("memory", block))
+            records = self._parser.parse_block(block, line_number_keys("memory", block))
             if records:
-                return Batch(self.name, tuple(records), {"line": block.end}, textual)
+                return Batch(self.name, records, {"line": block.end}, textual)
         position = {"line": self._next} if self._next else None
         return Batch(self.name, (), position, textual, exhausted=not self.follow)
 

@@ -32,6 +32,7 @@ from adapters.base import (
     RawRecord,
     SourceError,
 )
+from adapters.columnar import read_clean_csv
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,10 @@ class RecordParser(Protocol):
 
     def parse(self, block: LineBlock, keys: Sequence[str]) -> list[RawRecord]:
         """Records for the non-empty lines of ``block``; ``keys[i]`` identifies ``lines[i]``."""
+        ...
+
+    def parse_block(self, block: LineBlock, keys: Sequence[str]) -> Sequence[RawRecord]:
+        """The same records, in whatever form is cheapest to hand to the pipeline."""
         ...
 
 
@@ -160,6 +165,10 @@ class JsonlParser:
         return parse_lines(
             keys, _without_bom(block), block.oversize, self.max_record_bytes, self._parse_texts
         )
+
+    def parse_block(self, block: LineBlock, keys: Sequence[str]) -> Sequence[RawRecord]:
+        """`parse`'s records as a tuple, as a `adapters.base.Batch` holds them."""
+        return tuple(self.parse(block, keys))
 
     def parse_texts(self, keys: list[str], texts: list[str]) -> list[RawRecord]:
         """Records for decoded texts, one per text; empty texts are skipped."""
@@ -302,6 +311,20 @@ class CsvParser:
         return parse_lines(
             keys[skip:], lines[skip:], oversize, self.max_record_bytes, self._parse_texts
         )
+
+    def parse_block(self, block: LineBlock, keys: Sequence[str]) -> Sequence[RawRecord]:
+        """`parse`'s records, as columns when the block is clean (`adapters.columnar`).
+
+        The first block of a stream with a header, a block with an oversize line and any block
+        the compiled reader would not read exactly as `parse` does take the per-record path.
+        """
+        if (self._columns is not None and not block.oversize
+                and not (self.header and block.starts[0] == 0)):
+            columnar = read_clean_csv(_without_bom(block), list(keys), self._columns,
+                                      self.delimiter)
+            if columnar is not None:
+                return columnar
+        return tuple(self.parse(block, keys))
 
     def parse_texts(self, keys: list[str], texts: list[str]) -> list[RawRecord]:
         """Records for decoded texts, one per text; empty texts are skipped.

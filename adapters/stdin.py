@@ -110,9 +110,9 @@ class StdinSource:
         while True:
             block = self._splitter.take(max_records)
             if block is not None:
-                records = self._parser.parse(block, line_number_keys("stdin", block))
+                records = self._parser.parse_block(block, line_number_keys("stdin", block))
                 if records:
-                    return Batch(self.name, tuple(records), None, textual)
+                    return Batch(self.name, records, None, textual)
                 continue
             if self._at_eof:
                 return Batch(self.name, (), None, textual, exhausted=True)

@@ -1,5 +1,5 @@
 """The REST API: health, readiness, incidents, labels, adaptation, the model registry,
-reference versions and the audit log.
+reference versions, the audit log and HTTP ingest (:mod:`agent.api_ingest`).
 
 Secure by default: every write needs the bearer token named by ``api.token_env``; without a
 configured token writes are refused rather than fall open. Reads need the token too when
@@ -27,6 +27,7 @@ from fastapi.security import HTTPBearer
 from agent.api_audit import audit_routes
 from agent.api_errors import SafeJSONResponse, documented, install_error_handlers
 from agent.api_guard import ApiGuard
+from agent.api_ingest import ingest_routes
 from agent.api_inputs import (
     IdPath,
     IdQuery,
@@ -70,7 +71,8 @@ def create_app(agent: Agent) -> FastAPI:
                    *adaptation_routes(agent, _router),
                    *model_routes(agent, _router, reads_need_token=api.read_requires_token),
                    *reference_routes(agent, _router, reads_need_token=api.read_requires_token),
-                   *audit_routes(agent, _router, reads_need_token=api.read_requires_token)):
+                   *audit_routes(agent, _router, reads_need_token=api.read_requires_token),
+                   *ingest_routes(agent, _router)):
         app.include_router(router)
     return app
 

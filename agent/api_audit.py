@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Query
 
 from agent.api_inputs import ActorText, IdQuery
 from agent.api_model import RouterFactory
@@ -47,9 +47,15 @@ def audit_routes(agent: Agent, router: RouterFactory, *, reads_need_token: bool
 
 
 def _as_utc(since: datetime) -> datetime:
-    """``since`` in UTC (read as UTC without an offset); a 422 if UTC cannot hold it."""
+    """``since`` in UTC (read as UTC without an offset).
+
+    A time UTC cannot hold (year 1 or 9999 with an offset that leaves the range) is before or
+    after every row there can be, so it is read as the earliest or latest time UTC holds: the
+    answer is every row, or none, as the filter says.
+    """
     try:
         return since.astimezone(UTC) if since.utcoffset() is not None else since.replace(
             tzinfo=UTC)
-    except OverflowError as exc:  # year 1 or 9999 with an offset that leaves the range
-        raise HTTPException(422, f"since {since.isoformat()} is out of range in UTC") from exc
+    except OverflowError:
+        edge = datetime.min if since.year == datetime.min.year else datetime.max
+        return edge.replace(tzinfo=UTC)

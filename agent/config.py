@@ -41,7 +41,7 @@ from storage.records import MAX_SINK_CHARS
 from storage.urls import redact_url
 
 DEFAULT_CONFIG_PATH = Path("agent.yaml")
-SOURCE_TYPES = ("csv_file", "jsonl_file", "stdin", "redis_stream")
+SOURCE_TYPES = ("csv_file", "jsonl_file", "stdin", "redis_stream", "mqtt", "http_ingest")
 SINK_TYPES = ("webhook", "jsonl")
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -93,6 +93,22 @@ class FeatureSpec(_Model):
         return self
 
 
+#: The environment variable holding the key of ``mode: hash`` redaction (docs: README).
+REDACT_KEY_ENV = "METASENTRY_REDACT_KEY"
+
+
+class RedactSpec(_Model):
+    """One ``schema.redact`` entry: a field whose value incidents, sinks and logs never show.
+
+    ``mask`` replaces the value with ``[redacted]``; ``hash`` with a keyed hash of it (the key
+    from ``$METASENTRY_REDACT_KEY``), so an analyst can still group incidents by the same
+    address or user without seeing it.
+    """
+
+    field: str = Field(min_length=1)
+    mode: Literal["mask", "hash"] = "mask"
+
+
 class SchemaConfig(_Model):
     """How records look: which fields are features, which one is the label."""
 
@@ -102,6 +118,26 @@ class SchemaConfig(_Model):
     timestamp: str | None = None
     max_record_bytes: int = Field(default=1_048_576, gt=0)
     features: list[FeatureSpec] = Field(min_length=1)
+    # Fields masked in what is stored and shown (a plain name means `mode: mask`).
+    redact: list[RedactSpec] = Field(default_factory=list)
+
+    @field_validator("redact", mode="before")
+    @classmethod
+    def _plain_names_mask(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"field": item} if isinstance(item, str) else item for item in value]
+        return value
+
+    @property
+    def redact_rules(self) -> dict[str, Literal["mask", "hash"]]:
+        """Field name to masking mode, one entry per ``schema.redact`` item."""
+        return {item.field: item.mode for item in self.redact}
+
+    def known_fields(self) -> list[str]:
+        """Every field the schema names: columns, features, label, id and timestamp."""
+        names = list(self.columns or []) + [f.name for f in self.features] + [
+            n for n in (self.label, self.id, self.timestamp) if n]
+        return list(dict.fromkeys(names))
 
     @model_validator(mode="after")
     def _names_consistent(self) -> SchemaConfig:
@@ -229,8 +265,76 @@ class RedisStreamSourceConfig(_Model):
         return self.format or "json"
 
 
+class HttpIngestSourceConfig(_Model):
+    """Records POSTed to the API's ``/v1/ingest`` (docs/SOURCES.md, "HTTP ingest").
+
+    The queue between the API and the pipeline is bounded by ``max_queue_records`` and
+    ``max_queue_bytes`` (record text): a request that does not fit is answered 429. A request
+    is answered 200 only once its records are committed, or 503 after ``wait_timeout_s``.
+    ``max_body_bytes`` (default ``api.max_body_bytes``, never above it: the API reads no larger
+    body) caps one request.
+    """
+
+    type: Literal["http_ingest"]
+    name: str = Field(default="http", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    max_body_bytes: int | None = Field(default=None, gt=0)
+    max_queue_records: int = Field(default=100_000, gt=0, le=10_000_000)
+    max_queue_bytes: int = Field(default=67_108_864, gt=0, le=17_179_869_184)
+    wait_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    remember_keys: int = Field(default=10_000, ge=0, le=1_000_000)
+
+
+class MqttSourceConfig(_Model):
+    """MQTT topics read at QoS 1 through a persistent session (docs/SOURCES.md, "MQTT").
+
+    Each message is one record: a JSON object (``format: json``; ``jsonl`` is accepted for
+    the same) or one CSV line whose cells ``schema.columns`` names. ``${VAR}`` in ``url`` is
+    read from the environment (percent-encoded in the userinfo), so a password stays out of
+    this file.
+    """
+
+    type: Literal["mqtt"]
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    url: str = Field(min_length=1)
+    topics: list[str] = Field(min_length=1)
+    # The broker keeps the session (and queues messages) under this id: fixed across restarts,
+    # never shared by two agents.
+    client_id: str = Field(min_length=1, max_length=200, pattern=r"^\S+$")
+    qos: Literal[1] = 1
+    id_field: str | None = Field(default=None, min_length=1)
+    format: Literal["json", "csv"] = "json"
+    session_expiry_s: int = Field(default=7 * 86_400, ge=0, le=0xFFFFFFFF)
+    max_buffered: int = Field(default=1000, ge=1, le=65_535)
+    keepalive_s: int = Field(default=30, ge=5, le=65_535)
+
+    @field_validator("url")
+    @classmethod
+    def _mqtt_url(cls, value: str) -> str:
+        scheme, sep, rest = value.partition("://")
+        if scheme.lower() not in ("mqtt", "mqtts") or not sep or not rest:
+            raise ValueError("expected an mqtt:// or mqtts:// URL")
+        return value
+
+    @field_validator("topics")
+    @classmethod
+    def _topic_filters(cls, value: list[str]) -> list[str]:
+        from adapters.mqtt import topic_filter_error
+
+        problems = [f"{topic!r} {problem}" for topic in value
+                    if (problem := topic_filter_error(topic))]
+        if problems:
+            raise ValueError("expected MQTT topic filters; " + "; ".join(problems))
+        return value
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _jsonl_is_json(cls, value: Any) -> Any:
+        return "json" if value == "jsonl" else value
+
+
 SourceConfig = Annotated[
-    CsvFileSourceConfig | JsonlFileSourceConfig | StdinSourceConfig | RedisStreamSourceConfig,
+    CsvFileSourceConfig | JsonlFileSourceConfig | StdinSourceConfig | RedisStreamSourceConfig
+    | HttpIngestSourceConfig | MqttSourceConfig,
     Field(discriminator="type"),
 ]
 
@@ -603,8 +707,9 @@ class AgentConfig(_Model):
         """Which incidents each configured sink is sent, for the store's outbox."""
         return tuple(sink.route() for sink in self.sinks)
 
-    def source_url(self, source: RedisStreamSourceConfig) -> str:
-        """A Redis source's URL with ``${VAR}`` expanded (secret: never log it, redact it)."""
+    def source_url(self, source: RedisStreamSourceConfig | MqttSourceConfig) -> str:
+        """A Redis or MQTT source's URL with ``${VAR}`` expanded (secret: never log it,
+        redact it)."""
         return expand_url_template(source.url)
 
     def source_consumer(self, source: RedisStreamSourceConfig) -> str | None:
@@ -621,7 +726,7 @@ class AgentConfig(_Model):
         data["storage"]["url"] = redact_url(self.storage.url)
         data["api"]["token"] = "set" if self.api_token() else "missing"
         for entry, source in zip(data["sources"], self.sources, strict=True):
-            if isinstance(source, RedisStreamSourceConfig):
+            if isinstance(source, (RedisStreamSourceConfig, MqttSourceConfig)):
                 entry["url"] = redact_url(source.url)
         for entry, sink in zip(data["sinks"], self.sinks, strict=True):
             if isinstance(sink, WebhookSinkConfig):
@@ -787,10 +892,28 @@ def parse_config(text: str, *, source: str = "<string>", base_dir: Path = Path("
                 lines = [line.replace(f"detectors[{index}]", f"detectors.{entry['name']}")
                          for line in lines]
         raise ConfigError(lines) from None
-    errors = source_schema_errors(config)
+    errors = source_schema_errors(config) + redact_errors(config)
     if errors:
         raise ConfigError(errors)
     return config
+
+
+def redact_errors(config: AgentConfig) -> list[str]:
+    """``schema.redact`` names fields the schema knows, each once."""
+    errors = []
+    known = config.schema.known_fields()
+    seen: set[str] = set()
+    for i, item in enumerate(config.schema.redact):
+        name = item.field
+        where = f"schema.redact[{i}]"
+        if name not in known:
+            errors.append(f"{where}: not a field of the schema (got {name!r}, expected one of "
+                          f"{', '.join(known)}; name a field that is no feature in "
+                          "`schema.columns`)")
+        elif name in seen:
+            errors.append(f"{where}: {name!r} is redacted twice (expected each field once)")
+        seen.add(name)
+    return errors
 
 
 def source_schema_errors(config: AgentConfig) -> list[str]:
@@ -801,6 +924,34 @@ def source_schema_errors(config: AgentConfig) -> list[str]:
                 and not config.schema.columns):
             errors.append(f"sources[{i}].format: csv lines have no header in a stream (got "
                           "'csv', expected `schema.columns` to name the cells, or format json)")
+        if (isinstance(source, MqttSourceConfig) and source.format == "csv"
+                and not config.schema.columns):
+            errors.append(f"sources[{i}].format: csv messages have no header (got 'csv', "
+                          "expected `schema.columns` to name the cells, or format json)")
+    return errors + ingest_source_errors(config)
+
+
+def ingest_source_errors(config: AgentConfig) -> list[str]:
+    """An ``http_ingest`` source needs the API, fits its body cap, and comes at most once."""
+    errors = []
+    ingest = [(i, s) for i, s in enumerate(config.sources)
+              if isinstance(s, HttpIngestSourceConfig)]
+    for i, source in ingest[1:]:
+        errors.append(f"sources[{i}].type: only one http_ingest source is allowed (got a second, "
+                      f"{source.name!r}; expected one, which serves POST /v1/ingest)")
+    for i, source in ingest[:1]:
+        if not config.api.enabled:
+            errors.append(f"sources[{i}].type: http_ingest receives records through the API, "
+                          "which is disabled (expected api.enabled: true)")
+        if source.max_body_bytes is not None and source.max_body_bytes > config.api.max_body_bytes:
+            errors.append(f"sources[{i}].max_body_bytes: larger than api.max_body_bytes (got "
+                          f"{source.max_body_bytes}, expected at most {config.api.max_body_bytes}, "
+                          "the largest body the API reads)")
+        body = source.max_body_bytes or config.api.max_body_bytes
+        if source.max_queue_bytes < body:
+            errors.append(f"sources[{i}].max_queue_bytes: smaller than one request body (got "
+                          f"{source.max_queue_bytes}, expected at least {body}, so that any "
+                          "accepted body fits an empty queue)")
     return errors
 
 
@@ -836,6 +987,11 @@ def environment_errors(config: AgentConfig, *, need_token: bool = True) -> list[
         errors.append(url_error)
     errors.extend(sink_errors(config))
     errors.extend(redis_source_errors(config))
+    errors.extend(mqtt_source_errors(config))
+    hashed = [i for i, item in enumerate(config.schema.redact) if item.mode == "hash"]
+    if hashed and not os.environ.get(REDACT_KEY_ENV):
+        errors.append(f"schema.redact[{hashed[0]}].mode: environment variable {REDACT_KEY_ENV} "
+                      "is not set or empty (expected the secret key of `mode: hash`)")
     if need_token and config.api.enabled and not config.api_token():
         errors.append(
             f"api.token_env: environment variable {config.api.token_env} is not set (expected the "
@@ -901,6 +1057,32 @@ def redis_source_errors(config: AgentConfig) -> list[str]:
             errors.append(f"{where}.url: not a valid Redis URL once the environment is "
                           f"substituted (got {redact_url(source.url)!r}; expected "
                           "redis://[user:password@]host[:port][/db])")
+    return errors
+
+
+def mqtt_source_errors(config: AgentConfig) -> list[str]:
+    """What MQTT sources need: the paho-mqtt package, their URL's secrets, a URL that parses."""
+    from adapters._mqtt_session import BrokerAddress
+
+    errors: list[str] = []
+    for i, source in enumerate(config.sources):
+        if not isinstance(source, MqttSourceConfig):
+            continue
+        where = f"sources[{i}]"
+        if importlib.util.find_spec("paho") is None:
+            errors.append(f"{where}.type: mqtt needs the paho-mqtt package, which is not "
+                          "installed (expected `pip install 'metasentry[mqtt]'`)")
+        missing = [name for name in _ENV_REF.findall(source.url) if name not in os.environ]
+        for name in missing:
+            errors.append(f"{where}.url: environment variable {name} is not set "
+                          "(expected a secret)")
+        if not missing:
+            try:
+                BrokerAddress.parse(config.source_url(source))
+            except ValueError:
+                errors.append(f"{where}.url: not a valid MQTT URL once the environment is "
+                              f"substituted (got {redact_url(source.url)!r}; expected "
+                              "mqtt://[user:password@]host[:port] or mqtts://)")
     return errors
 
 

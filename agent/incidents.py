@@ -11,20 +11,27 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from agent.config import IncidentPolicyConfig
 from agent.grouping import Group, Placement
+from agent.redaction import Redactor
 from detectors.base import DriftReport
 from storage import IncidentExample, IncidentUpdate, NewDriftReport, NewIncident
 
 
 class IncidentPolicy:
-    """Turns drift reports into stored reports and, when the test rejects, incidents."""
+    """Turns drift reports into stored reports and, when the test rejects, incidents.
 
-    def __init__(self, config: IncidentPolicyConfig) -> None:
+    ``redactor`` masks what ``schema.redact`` names: the categories of a redacted categorical
+    feature that a drift test reports, and the ids and times of a window's span when the id or
+    timestamp field is redacted.
+    """
+
+    def __init__(self, config: IncidentPolicyConfig, redactor: Redactor | None = None) -> None:
         self.config = config
+        self.redactor = redactor
 
     def drift_severity(self, report: DriftReport) -> str:
         return "high" if report.p_value <= self.config.drift_high_severity_p else "medium"
@@ -33,6 +40,9 @@ class IncidentPolicy:
                       span: Mapping[str, Any] | None = None,
                       ) -> tuple[NewDriftReport, NewIncident | None]:
         """The stored report for every tested window, and an incident only when it rejects."""
+        if self.redactor is not None:  # before anything is read from the report
+            report = self.redactor.drift_report(report)
+            span = self.redactor.span(span)
         details = report.to_dict()
         stored = NewDriftReport(
             source=source,
@@ -95,10 +105,16 @@ class RecordContext:
 
 
 class RecordIncidents:
-    """Turns grouped per-record findings into incident rows, updates and stored examples."""
+    """Turns grouped per-record findings into incident rows, updates and stored examples.
 
-    def __init__(self, config: IncidentPolicyConfig) -> None:
+    With a ``redactor`` (built from ``schema.redact``), the excerpt, the fields and the
+    explanation of every record an incident or example shows are masked here, before any row
+    is written, so the store, the API and every sink only see the masked form.
+    """
+
+    def __init__(self, config: IncidentPolicyConfig, redactor: Redactor | None = None) -> None:
         self.config = config
+        self.redactor = redactor
 
     def rows(self, placements: Sequence[Placement], contexts: Mapping[tuple[str, int],
                                                                        RecordContext],
@@ -119,7 +135,8 @@ class RecordIncidents:
             if placement.opened:
                 opened[group.key] = placement
             if placement.example:
-                context = contexts[(placement.finding.detector, placement.finding.row)]
+                context = self._shown(contexts[(placement.finding.detector,
+                                                placement.finding.row)], source)
                 examples.append(IncidentExample(
                     source=source, incident_offset_key=group.key, detector=group.detector,
                     offset_key=placement.finding.offset, ordinal=group.examples - 1,
@@ -132,7 +149,8 @@ class RecordIncidents:
         for key, group in touched.items():
             if key in opened:
                 placement = opened[key]
-                context = contexts[(placement.finding.detector, placement.finding.row)]
+                context = self._shown(contexts[(placement.finding.detector,
+                                                placement.finding.row)], source)
                 incidents.append(self._incident(group, placement, context, source=source,
                                                 model_version=model_version))
             else:
@@ -140,6 +158,16 @@ class RecordIncidents:
                                               detector=group.detector, record_count=group.count,
                                               last_offset=group.last_offset))
         return incidents, updates, examples
+
+    def _shown(self, context: RecordContext, source: str) -> RecordContext:
+        """The context as stored and shown: redacted fields masked (features stay encoded)."""
+        if self.redactor is None or not self.redactor.active:
+            return context
+        return replace(
+            context,
+            excerpt=self.redactor.excerpt(context.excerpt, context.fields, source=source),
+            fields=self.redactor.fields(context.fields),
+            explanation=self.redactor.explanation(context.explanation))
 
     def _incident(self, group: Group, placement: Placement, context: RecordContext, *,
                   source: str, model_version: str | None) -> NewIncident:

@@ -84,7 +84,22 @@ CATALOGUE: Final[dict[str, str]] = {
     "metasentry_stream_entries_dead_lettered_total": "counter",
     "metasentry_stream_entries_trimmed_total": "counter",
     "metasentry_stream_entries_redelivered_total": "counter",
+    # the HTTP ingest source (``POST /v1/ingest``)
+    "metasentry_ingest_requests_total": "counter",
+    "metasentry_ingest_records_total": "counter",
+    "metasentry_ingest_queue_records": "gauge",
+    "metasentry_ingest_queue_bytes": "gauge",
 }
+
+#: values of ``outcome`` on metasentry_ingest_requests_total: 200 (all accepted, some
+#: quarantined, answered from the idempotency memory), then each refusal the route gives
+INGEST_OUTCOMES: Final[tuple[str, ...]] = (
+    "accepted", "partial", "replayed", "throttled", "too_large", "unsupported_media_type",
+    "invalid", "conflict", "timeout", "unavailable",
+)
+
+#: values of ``result`` on metasentry_ingest_records_total
+INGEST_RECORD_RESULTS: Final[tuple[str, ...]] = ("accepted", "quarantined")
 
 #: the bounded vocabulary of ``reason`` on metasentry_records_rejected_total
 REJECT_REASONS: Final[tuple[str, ...]] = (
@@ -248,8 +263,32 @@ class Metrics:
             registry=r)
         self._oldest_pending: dict[str, float | None] = {}
         self._stream_metrics(r)
+        self._ingest_metrics(r)
         self.build_info.info({"version": __version__, "python": platform.python_version(),
                               "tensorflow": _tensorflow_version()})
+
+    def _ingest_metrics(self, r: CollectorRegistry) -> None:
+        """``POST /v1/ingest``: requests by outcome, records by result, the queue's fill."""
+        self.ingest_requests = Counter(
+            _base("metasentry_ingest_requests_total"),
+            "Ingest requests by outcome (401/403 are answered before the route and not "
+            "counted).", ["outcome"], registry=r)
+        for outcome in INGEST_OUTCOMES:
+            self.ingest_requests.labels(outcome)
+        self.ingest_records = Counter(
+            _base("metasentry_ingest_records_total"),
+            "Records of committed ingest requests: accepted, or quarantined (bad JSON, "
+            "refused by the encoder).", ["result"], registry=r)
+        for result in INGEST_RECORD_RESULTS:
+            self.ingest_records.labels(result)
+        self.ingest_queue_records = Gauge(
+            "metasentry_ingest_queue_records",
+            "Records submitted over HTTP and not yet fetched by the pipeline.", ["source"],
+            registry=r)
+        self.ingest_queue_bytes = Gauge(
+            "metasentry_ingest_queue_bytes",
+            "Text bytes of the records submitted over HTTP and not yet fetched.", ["source"],
+            registry=r)
 
     def class_label(self, name: str | None) -> str:
         """A predicted class as a metric label: ``none``, a class name, or ``other`` past the cap.
@@ -288,8 +327,9 @@ class Metrics:
         return 0.0 if oldest is None else max(0.0, datetime.now(UTC).timestamp() - oldest)
 
     def _stream_metrics(self, r: CollectorRegistry) -> None:
-        """Sources read through a consumer group (Redis Streams): backlog and what happened to
-        entries. Gauges are NaN while unknown (see adapters/_redis_stats.py for when)."""
+        """Sources read from a broker (Redis Streams consumer groups, MQTT sessions): backlog and
+        what happened to entries. Gauges are NaN while unknown (adapters/_redis_stats.py; an
+        MQTT broker reports no group lag, docs/SOURCES.md)."""
         self.source_reachable = Gauge("metasentry_source_reachable",
                                       "1 when the server a source reads from answered its last "
                                       "call, 0 during an outage (network sources only).",

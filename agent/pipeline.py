@@ -40,11 +40,13 @@ from typing import Any
 import numpy as np
 
 from adapters.base import Batch, RawRecord, SharedSource, Source
+from adapters.columnar import ColumnarRecords
 from agent.config import AgentConfig
 from agent.detection import DetectorSet, Judgement, window_bounds
 from agent.grouping import Finding, Grouper, Placement, record_time
 from agent.incidents import IncidentPolicy, RecordContext, RecordIncidents
 from agent.metrics import Metrics
+from agent.redaction import Redactor, redact_excerpt
 from agent.references import ReferenceKeeper
 from agent.salvage import commit_salvaging
 from agent.schema import Encoded, Encoder
@@ -113,8 +115,10 @@ class Pipeline:
         self.store = store
         self.metrics = metrics
         self.model = model  # the ModelRuntime (a ModelHandle that can pin per batch), or None
-        self.policy = IncidentPolicy(config.incidents)
-        self.record_policy = RecordIncidents(config.incidents)
+        # Fields the schema says to mask in every excerpt the agent stores or sends.
+        self.redactor = Redactor.from_config(config)
+        self.policy = IncidentPolicy(config.incidents, self.redactor)
+        self.record_policy = RecordIncidents(config.incidents, self.redactor)
         self._should_stop = should_stop
         self._states: dict[str, _StreamState] = {}
         self._lock = threading.Lock()  # one batch or timer test at a time touches detector state
@@ -181,17 +185,23 @@ class Pipeline:
         base = state.raw_seen
         state.raw_seen += len(records)
 
-        quarantine = [self._quarantined(batch.source, r, r.error or "decode", r.detail or "")
-                      for r in records[warm:] if r.fields is None]
-        parsed = [i for i, r in enumerate(records) if r.fields is not None]
-        encoded = self.encoder.encode([records[i].fields for i in parsed],  # type: ignore[misc]
-                                      textual=batch.textual)
+        if isinstance(records, ColumnarRecords):  # a clean block: every record parsed
+            quarantine: list[QuarantinedRecord] = []
+            parsed = np.arange(len(records), dtype=np.int64)
+            encoded = self.encoder.encode(records, textual=batch.textual)
+        else:
+            quarantine = [self._quarantined(batch.source, r, r.error or "decode", r.detail or "")
+                          for r in records[warm:] if r.fields is None]
+            good = [i for i, r in enumerate(records) if r.fields is not None]
+            parsed = np.asarray(good, dtype=np.int64)
+            encoded = self.encoder.encode([records[i].fields for i in good],  # type: ignore[misc]
+                                          textual=batch.textual)
         for err in encoded.errors:
-            index = parsed[err.index]
+            index = int(parsed[err.index])
             if index >= warm:
                 quarantine.append(self._quarantined(batch.source, records[index], err.reason,
                                                     err.detail))
-        ok_index = np.asarray(parsed, dtype=np.int64)[encoded.ok]
+        ok_index = parsed[encoded.ok]
         fresh = np.flatnonzero(ok_index >= warm)
 
         drift_rows: list[NewDriftReport] = []
@@ -264,7 +274,7 @@ class Pipeline:
         """
         if not state.detectors.stateful or len(ok_index) == 0:
             return []
-        keys = [records[i].offset_key for i in ok_index]
+        keys = offset_keys(records, ok_index)
         n = len(keys)
         ids = encoded.ids if encoded.ids is not None else [None] * n
         times = encoded.times if encoded.times is not None else [None] * n
@@ -313,7 +323,7 @@ class Pipeline:
                 findings.append((int(i), order, Finding(
                     detector=detector.name, kind=kind, predicted=predicted,
                     index=state.processed_total + int(i),
-                    offset=records[int(ok_index[row])].offset_key,
+                    offset=offset_key_at(records, int(ok_index[row])),
                     time=record_time(time_field), row=row)))
                 counted[(detector.name, kind, predicted)] += 1
         for (name, kind, predicted), count in counted.items():
@@ -486,10 +496,11 @@ class Pipeline:
 
     # --- helpers ---------------------------------------------------------------------------
 
-    @staticmethod
-    def _quarantined(source: str, record: RawRecord, reason: str, detail: str) -> QuarantinedRecord:
+    def _quarantined(self, source: str, record: RawRecord, reason: str,
+                     detail: str) -> QuarantinedRecord:
+        excerpt = redact_excerpt(self.redactor, record.raw, record.fields, source=source)
         return QuarantinedRecord(source=source, offset_key=record.offset_key, reason=reason,
-                                 detail=detail, raw_excerpt=record.raw[:EXCERPT_CHARS])
+                                 detail=detail, raw_excerpt=excerpt[:EXCERPT_CHARS])
 
     def _observe_report(self, report: DriftReport) -> None:
         self.metrics.windows.labels(report.detector).inc()
@@ -539,6 +550,23 @@ def observe_stream(metrics: Metrics, source: Source) -> None:
     stats = getattr(source, "stream_stats", None)
     if stats is not None:
         metrics.observe_stream(source.name, stats)
+
+
+def offset_key_at(records: Sequence[RawRecord], index: int) -> str:
+    """The offset key of ``records[index]``, without making the record of a columnar block."""
+    if isinstance(records, ColumnarRecords):
+        return records.keys[index]
+    return records[index].offset_key
+
+
+def offset_keys(records: Sequence[RawRecord], index: np.ndarray) -> list[str]:
+    """The offset keys of ``records[i]`` for each ``i`` in ``index``, without making records."""
+    if isinstance(records, ColumnarRecords):
+        keys = records.keys
+        if len(index) == len(keys):  # every record of the block: no lookups at all
+            return list(keys)
+        return [keys[i] for i in index.tolist()]
+    return [records[i].offset_key for i in index.tolist()]
 
 
 def _span(entries: deque[tuple[str, int, str | None, str | None]], first: int,

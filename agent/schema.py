@@ -22,6 +22,16 @@ from typing import Any
 import numpy as np
 import orjson
 
+from adapters.columnar import ColumnarRecords
+from agent.columns import (
+    cast_floats,
+    category_codes,
+    is_arrow,
+    numeric_matrix,
+    python_values,
+    record_columns,
+    text_field,
+)
 from agent.config import FeatureSpec, SchemaConfig
 from agent.grouping import record_time
 from detectors.base import FeatureBatch, TensorLayout
@@ -31,6 +41,9 @@ _TRUE = frozenset({"true", "1", "yes", "y", "t", "on"})
 _FALSE = frozenset({"false", "0", "no", "n", "f", "off"})
 _NUMBER_TYPES = frozenset({int, float})
 STATE_VERSION = 1
+
+Records = Sequence[Mapping[str, Any]] | ColumnarRecords
+"""What the encoder reads: records as dicts, or a clean CSV block kept as columns."""
 
 
 class EncoderNotFitted(RuntimeError):
@@ -81,7 +94,7 @@ class Encoder:
     >>> schema = SchemaConfig(features=[{"name": "bytes", "type": "numeric", "transform": "log1p"},
     ...                                 {"name": "proto", "type": "categorical"}])
     >>> enc = Encoder(schema)
-    >>> enc.fit([{"bytes": 10, "proto": "tcp"}, {"bytes": 1000, "proto": "udp"}])
+    >>> enc = enc.fit([{"bytes": 10, "proto": "tcp"}, {"bytes": 1000, "proto": "udp"}])
     >>> out = enc.encode([{"bytes": 100, "proto": "icmp"}, {"bytes": "x", "proto": "tcp"}])
     >>> out.x.shape, [e.reason for e in out.errors]
     ((1, 4), ['wrong_type'])
@@ -183,11 +196,29 @@ class Encoder:
         self._fitted = fitted
         self._lookup = {name: {v: i for i, v in enumerate(vocab)}
                         for name, vocab in fitted.vocab.items()}
+        specs = self._by_type("numeric")
+        self._centers = np.array([fitted.center[s.name] for s in specs], dtype=np.float64)
+        self._scales = np.array([fitted.scale[s.name] for s in specs], dtype=np.float64)
+        self._log1p = np.array([s.transform == "log1p" for s in specs], dtype=bool)
+
+    def _scaled(self, numeric: np.ndarray) -> np.ndarray:
+        """Each numeric feature's column transformed and scaled as fitted."""
+        values = numeric
+        if self._log1p.any():
+            values = numeric.copy()
+            part = numeric[:, self._log1p]
+            values[:, self._log1p] = _transform(part, "log1p")
+        return (values - self._centers) / self._scales
 
     # --- encoding ----------------------------------------------------------------------------
 
-    def encode(self, records: Sequence[Mapping[str, Any]], *, textual: bool = False) -> Encoded:
-        """Encode a batch; records that fail any feature are reported, not encoded."""
+    def encode(self, records: Records, *,
+               textual: bool = False) -> Encoded:
+        """Encode a batch; records that fail any feature are reported, not encoded.
+
+        ``records`` are dicts, or a clean CSV block kept as columns, whose cells are then read
+        in compiled code (`agent.columns`).
+        """
         fitted = self._require_fitted()
         n = len(records)
         columns = _cleaned(self.schema.features,
@@ -202,21 +233,41 @@ class Encoder:
             reasons[fresh] = bad[fresh]
             details[fresh] = [f"{name}: {_REASON_TEXT[r]}" for r in bad[fresh]]
 
-        numeric_raw: list[np.ndarray] = []
         blocks: list[np.ndarray] = []
-        for spec in self._by_type("numeric"):
-            raw, bad = _to_float(columns[spec.name], textual)
-            note(bad, spec.name)
-            numeric_raw.append(raw)  # explanations speak in the analyst's units, not scaled ones
-            values = _transform(raw, spec.transform)
-            blocks.append(((values - fitted.center[spec.name]) / fitted.scale[spec.name])[:, None])
+        numeric_specs = self._by_type("numeric")
+        # The analyst's units (explanations speak in them), one column per numeric feature;
+        # transform and scaling then run once over the whole matrix, not once per feature.
+        numeric = numeric_matrix([columns[spec.name] for spec in numeric_specs])
+        if numeric is not None:  # a clean block: every numeric cell cast in one call
+            for index in np.flatnonzero(~np.isfinite(numeric).all(axis=0)).tolist():
+                finite = np.isfinite(numeric[:, index])
+                note(np.where(finite, "", "non_finite").astype(object),
+                     numeric_specs[index].name)
+                numeric[~finite, index] = 0.0
+        else:
+            numeric = np.empty((n, len(numeric_specs)), dtype=np.float64)
+            for j, spec in enumerate(numeric_specs):
+                numeric[:, j], bad = _to_float(columns[spec.name], textual)
+                note(bad, spec.name)
+        if numeric_specs:
+            scaled = self._scaled(numeric)
+            over = _beyond_float32(scaled)
+            for index in np.flatnonzero(over.any(axis=0)).tolist():
+                note(np.where(over[:, index], "non_finite", "").astype(object),
+                     numeric_specs[index].name)
+            blocks.append(scaled)
         codes: list[np.ndarray] = []
         for spec in self._by_type("categorical"):
-            strings, bad = _category_column(columns[spec.name], textual)
-            note(bad, spec.name)
             lookup = self._lookup[spec.name]
             unknown = len(lookup)
-            code = np.fromiter((lookup.get(s, unknown) for s in strings), dtype=np.int32, count=n)
+            column = columns[spec.name]
+            if is_arrow(column):  # every cell of a CSV block is text: nothing to refuse
+                code = category_codes(column, lookup, unknown)
+            else:
+                strings, bad = _category_column(column, textual)
+                note(bad, spec.name)
+                code = np.fromiter((lookup.get(s, unknown) for s in strings), dtype=np.int32,
+                                   count=n)
             codes.append(code)
             onehot = np.zeros((n, unknown + 1), dtype=np.float32)
             onehot[np.arange(n), code] = 1.0
@@ -229,10 +280,13 @@ class Encoder:
         for spec in self._by_type("tensor"):
             values, bad = self._tensor_column(spec, columns[spec.name])
             note(bad, spec.name)
-            blocks.append((values - fitted.center[spec.name]) / fitted.scale[spec.name])
+            scaled = (values - fitted.center[spec.name]) / fitted.scale[spec.name]
+            note(np.where(_beyond_float32(scaled).any(axis=1), "non_finite", "").astype(object),
+                 spec.name)
+            blocks.append(scaled)
 
         ok = reasons == ""
-        x = np.concatenate(blocks, axis=1).astype(np.float32, copy=False)[ok] if blocks else (
+        x = np.concatenate(blocks, axis=1)[ok].astype(np.float32, copy=False) if blocks else (
             np.zeros((int(ok.sum()), 0), dtype=np.float32))
         errors = [RecordError(int(i), str(reasons[i]), str(details[i]))
                   for i in np.flatnonzero(~ok)]
@@ -240,8 +294,7 @@ class Encoder:
         labels = self._optional_field(self.schema.label, records, ok)
         times = self._optional_field(self.schema.timestamp, records, ok)
         batch = FeatureBatch(
-            numeric=(np.stack(numeric_raw, axis=1)[ok] if numeric_raw
-                     else np.zeros((int(ok.sum()), 0))),
+            numeric=numeric[ok],
             numeric_names=tuple(f.name for f in self._by_type("numeric")),
             categorical=(np.stack(codes, axis=1)[ok] if codes
                          else np.zeros((int(ok.sum()), 0), dtype=np.int32)),
@@ -266,7 +319,7 @@ class Encoder:
         return _text_field(self.schema.label, records)
 
     @staticmethod
-    def _optional_field(name: str | None, records: Sequence[Mapping[str, Any]],
+    def _optional_field(name: str | None, records: Records,
                         ok: np.ndarray) -> np.ndarray | None:
         return _text_field(name, records)[ok] if name else None
 
@@ -280,6 +333,7 @@ class Encoder:
     @staticmethod
     def _tensor_column(spec: FeatureSpec, raw: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
         shape = tuple(spec.shape or ())
+        raw = python_values(raw)
         size = int(np.prod(shape))
         out = np.zeros((len(raw), size), dtype=np.float64)
         bad = np.full(len(raw), "", dtype=object)
@@ -349,6 +403,18 @@ def value_errors(spec: FeatureSpec, records: Sequence[Mapping[str, Any]], textua
             for b, v in zip(bad, raw, strict=True)]
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _beyond_float32(scaled: np.ndarray) -> np.ndarray:
+    """Which cells of a scaled block the float32 matrix cannot hold (bool, same shape).
+
+    A finite JSON number such as ``1e300`` passes the float64 checks but would become ``inf``
+    in the model's input (found by fuzzing, `tests/unit/adapters/test_parser_fuzz.py`).
+    """
+    return np.abs(scaled) > _FLOAT32_MAX
+
+
 _REASON_TEXT = {
     "missing_field": "field is missing",
     "wrong_type": "wrong type",
@@ -368,7 +434,7 @@ def _cleaned(specs: Sequence[FeatureSpec], columns: dict[str, Sequence[Any]]
         if spec.type == "categorical":  # categories are names, whatever the map says
             mapping = {k: str(v) for k, v in mapping.items()}
         values = []
-        for value in columns[spec.name]:
+        for value in python_values(columns[spec.name]):
             if spec.strip and isinstance(value, str):
                 value = value.strip()
             if mapping and isinstance(value, str | int | float | bool) and value is not _MISSING:
@@ -379,13 +445,15 @@ def _cleaned(specs: Sequence[FeatureSpec], columns: dict[str, Sequence[Any]]
     return out
 
 
-def _columns(records: Sequence[Mapping[str, Any]], names: list[str]) -> dict[str, Sequence[Any]]:
+def _columns(records: Records, names: list[str]) -> dict[str, Sequence[Any]]:
     """Transpose records into one sequence per field.
 
     One ``itemgetter`` call per record and one ``zip`` instead of a ``dict.get`` per record and
     field: the difference is most of the encoder's time on wide records. A record missing a
     field sends the batch down the slower path, which marks the gap for the column checks.
     """
+    if isinstance(records, ColumnarRecords):
+        return record_columns(records, names)
     if not records:
         return {name: () for name in names}
     getter = itemgetter(*names)
@@ -398,8 +466,10 @@ def _columns(records: Sequence[Mapping[str, Any]], names: list[str]) -> dict[str
     return dict(zip(names, zip(*rows, strict=True), strict=True))
 
 
-def _text_field(name: str, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
+def _text_field(name: str, records: Records) -> np.ndarray:
     """A pass-through field (label, id, timestamp) of every record, as text or None."""
+    if isinstance(records, ColumnarRecords):
+        return text_field(records, name)
     return np.array([_label_text(r.get(name)) for r in records], dtype=object)
 
 
@@ -435,6 +505,15 @@ def _to_float(raw: Sequence[Any], textual: bool) -> tuple[np.ndarray, np.ndarray
     """Vectorised conversion with a slow path only when something is wrong."""
     n = len(raw)
     bad = np.full(n, "", dtype=object)
+    if is_arrow(raw):  # a columnar block's text: cast in compiled code, else cell by cell
+        cast = cast_floats(raw)
+        if cast is None:
+            return _to_float(raw.to_pylist(), textual)  # type: ignore[attr-defined]
+        finite = np.isfinite(cast)
+        if finite.all():
+            return cast, bad
+        bad[~finite] = "non_finite"
+        return np.where(finite, cast, 0.0), bad
     # Text cells (CSV) are always str, so numpy may parse them directly; a missing field is
     # the sentinel object, which numpy refuses. Typed records (JSON) are checked first: numpy
     # would also accept "12" or True, which a JSON number field must not.
@@ -471,6 +550,7 @@ def _to_float(raw: Sequence[Any], textual: bool) -> tuple[np.ndarray, np.ndarray
 
 
 def _category_column(raw: Sequence[Any], textual: bool) -> tuple[np.ndarray, np.ndarray]:
+    raw = python_values(raw)
     bad = np.full(len(raw), "", dtype=object)
     if set(map(type, raw)) <= {str}:
         return np.array(raw, dtype=object), bad
@@ -486,6 +566,7 @@ def _category_column(raw: Sequence[Any], textual: bool) -> tuple[np.ndarray, np.
 
 
 def _boolean_column(raw: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    raw = python_values(raw)
     bad = np.full(len(raw), "", dtype=object)
     out = np.zeros(len(raw), dtype=bool)
     for i, v in enumerate(raw):

@@ -26,12 +26,16 @@ from typing import TYPE_CHECKING
 
 from adapters.base import ServerSource, Source
 from adapters.files import CsvFileSource, JsonlFileSource
+from adapters.http_ingest import HttpIngestSource
+from adapters.mqtt import MqttSource
 from adapters.redis_stream import RedisStreamSource
 from adapters.stdin import StdinSource
 from agent.config import (
     AgentConfig,
     CsvFileSourceConfig,
+    HttpIngestSourceConfig,
     JsonlFileSourceConfig,
+    MqttSourceConfig,
     RedisStreamSourceConfig,
     SourceConfig,
     StdinSourceConfig,
@@ -109,6 +113,10 @@ def build_source(config: AgentConfig, spec: SourceConfig) -> Source:
     if isinstance(spec, StdinSourceConfig):
         columns = None if spec.header else config.schema.columns
         return StdinSource(spec.name, format=spec.format, columns=columns, header=spec.header)
+    if isinstance(spec, HttpIngestSourceConfig):
+        return HttpIngestSource(spec.name, max_queue_records=spec.max_queue_records,
+                                max_queue_bytes=spec.max_queue_bytes,
+                                remember_keys=spec.remember_keys)
     if isinstance(spec, RedisStreamSourceConfig):
         return RedisStreamSource(  # the redis package is imported here, when one is configured
             spec.name, config.source_url(spec), stream=spec.stream, group=spec.group,
@@ -118,6 +126,13 @@ def build_source(config: AgentConfig, spec: SourceConfig) -> Source:
             dead_letter_stream=spec.dead_letter_stream, start_id=spec.start_id,
             max_record_bytes=max_bytes, max_backoff_s=config.storage.retry_max_backoff_s,
             log_url=redact_url(spec.url))
+    if isinstance(spec, MqttSourceConfig):
+        return MqttSource(  # paho is imported here, when an MQTT source is configured
+            spec.name, config.source_url(spec), topics=spec.topics, client_id=spec.client_id,
+            id_field=spec.id_field, format=spec.format, columns=config.schema.columns,
+            session_expiry_s=spec.session_expiry_s, max_buffered=spec.max_buffered,
+            keepalive_s=spec.keepalive_s, max_record_bytes=max_bytes,
+            max_backoff_s=config.storage.retry_max_backoff_s, log_url=redact_url(spec.url))
     raise TypeError(f"unsupported source config {type(spec).__name__}")
 
 

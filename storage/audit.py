@@ -8,8 +8,9 @@ on the connection of the change, inside its transaction: a change never commits 
 row, and a change that fails leaves none.
 
 The log is append-only: the store offers :meth:`AuditStore.list_audit` and nothing that
-updates or deletes a row, and retention (``Store.purge_older_than``) keeps every row. An
-operator who must prune it does so explicitly, in SQL (docs/RELIABILITY.md).
+updates or deletes a row, retention (``Store.purge_older_than``) keeps every row, and the
+database's own triggers (migration 0007) refuse any UPDATE, DELETE or TRUNCATE of the table.
+An operator who must prune it lifts the trigger explicitly, in SQL (docs/RELIABILITY.md).
 
 Rows never hold secrets: ``actor`` is the name a person gave, ``origin`` a client address or
 ``user@host``, ``detail`` a few values the caller chose (never request headers or tokens).

@@ -372,7 +372,8 @@ class AuditLogRow(Base):
     """Who changed what the agent believes, from where: the append-only audit log.
 
     Written in the transaction of the change it records (``storage.audit``); never updated,
-    and never deleted by retention (``Store.purge_older_than``).
+    and never deleted by retention (``Store.purge_older_than``). The database enforces it:
+    migration 0007's triggers refuse UPDATE, DELETE and TRUNCATE of this table.
     """
 
     __tablename__ = "audit_log"

@@ -56,6 +56,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from storage.audit import AuditStore
 from storage.deadline import Watchdog, shut_down_socket
+from storage.drift_compact import read_features, stored_features
 from storage.engine import StoreTimeouts, create_store_engine, parse_store_url
 from storage.feedback import FeedbackStore
 from storage.migrations import alembic_config, current_revision, head_revision
@@ -169,7 +170,7 @@ def _drift_report_values(report: NewDriftReport, now: datetime) -> dict[str, Any
         "statistic": report.statistic,
         "p_value": report.p_value,
         "rejected": report.rejected,
-        "features": [dict(feature) for feature in report.features],
+        "features": stored_features(report.features, report.rejected),
         "top_features": list(report.top_features),
         "window_span": None if report.window_span is None else dict(report.window_span),
     }
@@ -224,6 +225,7 @@ class Store(FeedbackStore, RegistryStore, ReferenceStore, OutboxStore, AuditStor
         self._dialect_insert: Callable[[Table], Insert] = (
             postgresql.insert if self.dialect == "postgresql" else sqlite.insert  # type: ignore[assignment]
         )
+        self._upsert_position = self._position_upsert()
         logger.info("store opened at %s", self.redacted_url)
 
     # ------------------------------------------------------------------ identity and schema
@@ -404,20 +406,26 @@ class Store(FeedbackStore, RegistryStore, ReferenceStore, OutboxStore, AuditStor
         )
         return list(connection.execute(statement, rows).scalars())
 
-    def _save_position(
-        self, connection: Connection, source: str, position: Mapping[str, Any], now: datetime
-    ) -> None:
-        statement = self._dialect_insert(_SOURCE_OFFSETS).values(
-            source=source, position=dict(position), updated_at=now
-        )
-        statement = statement.on_conflict_do_update(  # type: ignore[attr-defined]
+    def _position_upsert(self) -> Insert:
+        """The one statement every batch's commit saves its position with.
+
+        Built once, with the values as bound parameters, so SQLAlchemy compiles it once: a
+        statement carrying its values would be compiled again on every commit.
+        """
+        statement = self._dialect_insert(_SOURCE_OFFSETS)
+        return statement.on_conflict_do_update(  # type: ignore[attr-defined, no-any-return]
             index_elements=["source"],
             set_={
                 "position": statement.excluded.position,  # type: ignore[attr-defined]
                 "updated_at": statement.excluded.updated_at,  # type: ignore[attr-defined]
             },
         )
-        connection.execute(statement)
+
+    def _save_position(
+        self, connection: Connection, source: str, position: Mapping[str, Any], now: datetime
+    ) -> None:
+        connection.execute(self._upsert_position,
+                           {"source": source, "position": dict(position), "updated_at": now})
 
     def load_position(self, source: str) -> dict[str, Any] | None:
         """The position last committed for ``source``, or None if it never committed."""
@@ -516,7 +524,8 @@ class Store(FeedbackStore, RegistryStore, ReferenceStore, OutboxStore, AuditStor
         if detector is not None:
             query = query.where(_DRIFT_REPORTS.c.detector == detector)
         with self._session("list_drift_reports") as connection:
-            return [DriftReportRow(**row._asdict()) for row in connection.execute(query)]
+            return [DriftReportRow(**(row._asdict() | {"features": read_features(row.features)}))
+                    for row in connection.execute(query)]
 
     def _count_by(self, column: Column[str], action: str) -> dict[str, int]:
         query = select(column, func.count()).group_by(column)

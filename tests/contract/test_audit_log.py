@@ -248,6 +248,59 @@ def test_the_store_offers_no_way_to_change_or_remove_a_row(store: Store) -> None
         "list_audit"]
 
 
+def _audit_triggers(store: Store) -> set[str]:
+    query = ("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit_log'"
+             if store.dialect == "sqlite" else
+             "SELECT tgname FROM pg_trigger WHERE tgrelid = 'audit_log'::regclass "
+             "AND NOT tgisinternal")
+    with store._session("test") as connection:  # noqa: SLF001
+        return {row[0] for row in connection.execute(sa.text(query))}
+
+
+@pytest.mark.parametrize("statement", [
+    "UPDATE audit_log SET actor = 'mallory'",
+    # PostgreSQL's statement trigger refuses even a statement that matches no row; SQLite's
+    # triggers are per row, and there it changes nothing anyway.
+    "UPDATE audit_log SET detail = '{}' WHERE id = -1",
+    "DELETE FROM audit_log",
+    "DELETE FROM audit_log WHERE action = 'label.add'",
+    "TRUNCATE audit_log",
+])
+def test_the_database_refuses_to_change_or_remove_a_row(store: Store, statement: str) -> None:
+    if store.dialect == "sqlite" and ("TRUNCATE" in statement or "id = -1" in statement):
+        pytest.skip("SQLite has no TRUNCATE and no statement-level trigger")
+    incident_id = _incident(store, "k", examples=0)
+    store.apply_label(incident_id, "x", actor="ana", origin=ORIGIN)
+    with pytest.raises((IntegrityError, StoreRejected)) as refused:
+        with store._session("test", write=True) as connection:  # noqa: SLF001
+            connection.execute(sa.text(statement))
+    assert "audit_log is append-only" in f"{refused.value} {refused.value.__cause__}"
+    [row] = store.list_audit()
+    assert (row.actor, row.action) == ("ana", "label.add")
+
+
+def test_the_downgrade_drops_the_triggers_and_the_upgrade_restores_them(store: Store) -> None:
+    from alembic import command
+
+    from storage.migrations import alembic_config
+
+    assert _audit_triggers(store)
+    store.apply_label(_incident(store, "k", examples=0), "x", actor="ana", origin=ORIGIN)
+    with store._session("test", write=True, maintenance=True) as connection:  # noqa: SLF001
+        command.downgrade(alembic_config(connection), "0006")
+    assert _audit_triggers(store) == set()
+    with store._session("test", write=True) as connection:  # noqa: SLF001
+        connection.execute(sa.text("DELETE FROM audit_log"))
+    assert store.list_audit() == []
+
+    store.upgrade()
+    assert store.at_head() and _audit_triggers(store)
+    store.apply_label(_incident(store, "k2", examples=0), "x", actor="ana", origin=ORIGIN)
+    with pytest.raises((IntegrityError, StoreRejected)):
+        with store._session("test", write=True) as connection:  # noqa: SLF001
+            connection.execute(sa.text("DELETE FROM audit_log"))
+
+
 def test_the_vocabulary_is_enforced_by_the_code_and_the_database(store: Store) -> None:
     with store._session("test", write=True) as connection:  # noqa: SLF001
         with pytest.raises(ValueError, match="audit action must be one of"):

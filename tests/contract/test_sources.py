@@ -2,9 +2,9 @@
 
 Each case builds a source over the same logical content (23 good records with one bad line in
 the middle) in its own format and transport; every test runs against every case. The Redis
-Streams cases run against the real server (skipped, saying so, when it does not answer): each
-line is one entry's ``data`` field, and an empty line, which a stream cannot carry as a record
-of nothing, is not added.
+Streams and MQTT cases run against the real servers (skipped, saying so, when they do not
+answer): each line is one entry's ``data`` field or one message, and an empty line, which a
+stream cannot carry as a record of nothing, is not added.
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ from adapters import (
     Source,
     StdinSource,
 )
+from adapters.http_ingest import HttpIngestSource, parse_ndjson
+from adapters.mqtt import MqttSource
+from tests import mqtt_broker
 from tests.redis_server import REDIS_URL, redis_client
 
 GOOD = 23
@@ -40,12 +43,20 @@ MAX_RECORDS = 5
 POLL = 0.005
 
 
-def content(record_format: str, *, header: bool) -> list[bytes]:
-    """The lines of the shared test stream in ``record_format``."""
+def content(record_format: str, *, header: bool, delimiter: str = ",") -> list[bytes]:
+    """The lines of the shared test stream in ``record_format``.
+
+    With another delimiter than the comma no cell needs quoting, so CSV blocks without a bad
+    or blank line take the columnar path (`adapters.columnar`) and the rest the per-record one.
+    """
     if record_format == "jsonl":
         lines = [b'{"id": %d, "name": "n,%d"}' % (i, i) for i in range(GOOD)]
         lines.insert(BAD_AT, b"this is not json")
         return lines
+    if delimiter != ",":
+        lines = [b"%d%sn,%d" % (i, delimiter.encode(), i) for i in range(GOOD)]
+        lines.insert(BAD_AT, b"1,2,3")
+        return [b"id" + delimiter.encode() + b"name", *lines] if header else lines
     lines = [b'%d,"n,%d"' % (i, i) for i in range(GOOD)]
     lines.insert(BAD_AT, b"1,2,3")
     return [b"id,name", *lines] if header else lines
@@ -63,11 +74,13 @@ class SourceCase:
     finite: bool  # reports exhaustion at the end of its content
     resumable: bool  # positions let a new instance continue where the old one stopped
     marks: tuple[Any, ...] = ()
+    delimiter: str = ","
+
+    def lines(self) -> list[bytes]:
+        return content(self.format, header=self.header, delimiter=self.delimiter)
 
     def build(self, tmp_path: Path, lines: list[bytes] | None = None) -> Source:
-        return self.make(
-            tmp_path, content(self.format, header=self.header) if lines is None else lines
-        )
+        return self.make(tmp_path, self.lines() if lines is None else lines)
 
 
 def _file(tmp_path: Path, name: str, lines: list[bytes]) -> Path:
@@ -105,6 +118,58 @@ def _delete_redis_streams() -> Iterator[None]:
         client.delete(*_REDIS_KEYS, *(f"{key}:dead" for key in _REDIS_KEYS))
         client.close()
         _REDIS_KEYS.clear()
+
+
+class _IngestRequest(HttpIngestSource):
+    """An ingest queue that receives ``lines`` as one NDJSON request as soon as it opens (the
+    API only submits to an open source), under a fixed request key."""
+
+    def __init__(self, lines: list[bytes]) -> None:
+        super().__init__("s", max_queue_records=1000)
+        self._body = b"".join(line + b"\n" for line in lines)
+
+    def open(self, position: Any) -> None:
+        super().open(position)
+        self.submit("request-1", "digest", parse_ndjson(self._body, "request-1", 65_536))
+
+
+def _ingest(lines: list[bytes]) -> HttpIngestSource:
+    return _IngestRequest(lines)
+
+
+_MQTT_SESSIONS: list[str] = []  # client ids made by the current test, dropped after it
+_MQTT_SOURCES: list[MqttSource] = []  # closed after the test: paho reconnects until then
+
+
+def _mqtt(tmp_path: Path, lines: list[bytes], record_format: str) -> MqttSource:
+    """A persistent session holding ``lines`` as messages of one topic (published once: a
+    second build resumes the session, and the broker sends unacknowledged ones again)."""
+    mqtt_broker.require_broker()
+    suffix = hashlib.sha1(str(tmp_path).encode()).hexdigest()[:16]
+    client_id = f"metasentry-contract-{suffix}"
+    topic = f"metasentry/test/contract/{suffix}"
+    if client_id not in _MQTT_SESSIONS:
+        _MQTT_SESSIONS.append(client_id)
+        mqtt_broker.prepare_session(client_id, [f"{topic}/#"])
+        mqtt_broker.publish(f"{topic}/data", [line for line in lines if line])
+    source = MqttSource("s", mqtt_broker.MQTT_URL, topics=[f"{topic}/#"],
+                        client_id=client_id, format="csv" if record_format == "csv" else "json",
+                        columns=COLUMNS if record_format == "csv" else None,
+                        connect_timeout_s=2.0)
+    _MQTT_SOURCES.append(source)
+    return source
+
+
+@pytest.fixture(autouse=True)
+def _drop_mqtt_sessions() -> Iterator[None]:
+    yield
+    for source in _MQTT_SOURCES:
+        source.close()
+    _MQTT_SOURCES.clear()
+    for client_id in _MQTT_SESSIONS:
+        mqtt_broker.drop_session(client_id)
+    _MQTT_SESSIONS.clear()
+
 
 CASES = [
     SourceCase(
@@ -155,6 +220,17 @@ CASES = [
         ),
         finite=False,
         resumable=True,
+    ),
+    SourceCase(  # no quoted cells: clean blocks are read as columns
+        "csv-semicolon-gzip-replay",
+        format="csv",
+        header=False,
+        make=lambda t, lines: CsvFileSource(
+            "s", _file(t, "s.csv.gz", lines), mode="replay", header=False, columns=COLUMNS,
+            delimiter=";"),
+        finite=True,
+        resumable=True,
+        delimiter=";",
     ),
     SourceCase(
         "stdin-jsonl",
@@ -209,6 +285,30 @@ CASES = [
         finite=False,
         resumable=True,
         marks=(pytest.mark.redis,),
+    ),
+    SourceCase(  # one request's records, as POST /v1/ingest queues them
+        "http-ingest-ndjson",
+        format="jsonl",
+        header=False,
+        make=lambda t, lines: _ingest(lines),
+        finite=False,
+        resumable=False,
+    ),
+    SourceCase(  # the broker's session resumes; the position only names committed keys
+        "mqtt-json",
+        format="jsonl",
+        header=False,
+        make=lambda t, lines: _mqtt(t, lines, "json"),
+        finite=False,
+        resumable=True,
+    ),
+    SourceCase(
+        "mqtt-csv",
+        format="csv",
+        header=False,
+        make=lambda t, lines: _mqtt(t, lines, "csv"),
+        finite=False,
+        resumable=True,
     ),
 ]
 
@@ -289,7 +389,7 @@ INVISIBLE = ["\x1c", "\x1f", "\x0b", "\x0c", "\x85", "\xa0", "\u2028", "\u3000",
 
 
 def test_every_non_empty_line_is_accounted_for(case: SourceCase, tmp_path: Path) -> None:
-    lines = content(case.format, header=case.header)
+    lines = case.lines()
     first = 1 if case.header else 0  # keep the CSV header the first line
     for number, text in enumerate(INVISIBLE):
         lines.insert(first + 2 * number, text.encode())
