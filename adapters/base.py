@@ -150,6 +150,19 @@ class SourceError(RuntimeError):
     """A source cannot go on; the message names the problem and what to do about it."""
 
 
+def check_fetch(name: str, max_records: int, timeout_s: float, *, readable: bool) -> None:
+    """The arguments every `Source.fetch` refuses, in one place and with one wording.
+
+    ``readable`` is whether the source is open and not closed yet.
+    """
+    if max_records < 1:
+        raise ValueError(f"max_records must be at least 1, got {max_records}.")
+    if timeout_s < 0:
+        raise ValueError(f"timeout_s must be non-negative, got {timeout_s}.")
+    if not readable:
+        raise RuntimeError(f"source {name!r} is not open; call open() first.")
+
+
 @runtime_checkable
 class Source(Protocol):
     """A stream of records delivered at least once.

@@ -28,7 +28,7 @@ from typing import Any, Literal
 from adapters._identity import StoredPosition
 from adapters._lines import LineBlock
 from adapters._tail import FileLines, FileTail
-from adapters.base import Batch, SourceError
+from adapters.base import Batch, SourceError, check_fetch
 from adapters.parsing import CsvParser, JsonlParser, RecordParser
 
 logger = logging.getLogger(__name__)
@@ -146,12 +146,7 @@ class _FileSource:
 
     def fetch(self, max_records: int, timeout_s: float) -> Batch:
         """Up to ``max_records`` records, waiting up to ``timeout_s`` for the first one."""
-        if max_records < 1:
-            raise ValueError(f"max_records must be at least 1, got {max_records}.")
-        if timeout_s < 0:
-            raise ValueError(f"timeout_s must be non-negative, got {timeout_s}.")
-        if not self._opened:
-            raise RuntimeError(f"source {self.name!r} is not open; call open() first.")
+        check_fetch(self.name, max_records, timeout_s, readable=self._opened)
         deadline = time.monotonic() + timeout_s
         textual = self._parser.textual
         while True:

@@ -34,7 +34,7 @@ from typing import Any, Final
 import orjson
 
 from adapters._lines import EXCERPT_BYTES
-from adapters.base import ERROR_NOT_OBJECT, Batch, RawRecord
+from adapters.base import ERROR_NOT_OBJECT, Batch, RawRecord, check_fetch
 from adapters.parsing import JsonlParser, oversize_record, parse_lines
 
 logger = logging.getLogger(__name__)
@@ -382,13 +382,9 @@ class HttpIngestSource:
 
     def fetch(self, max_records: int, timeout_s: float) -> Batch:
         """Up to ``max_records`` queued records, waiting up to ``timeout_s`` for the first."""
-        if max_records < 1:
-            raise ValueError(f"max_records must be at least 1, got {max_records}.")
-        if timeout_s < 0:
-            raise ValueError(f"timeout_s must be non-negative, got {timeout_s}.")
         with self._cond:
-            if not self._opened or self._closed:
-                raise RuntimeError(f"source {self.name!r} is not open; call open() first.")
+            check_fetch(self.name, max_records, timeout_s,
+                        readable=self._opened and not self._closed)
             self._cond.wait_for(lambda: bool(self._queue) or self._closed, timeout_s)
             taken: list[RawRecord] = []
             counts: list[tuple[Ticket, int]] = []

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from adapters._lines import EXCERPT_BYTES, LineBlock, line_number_keys
-from adapters.base import Batch, RecordFormat, SourceError
+from adapters.base import Batch, RecordFormat, SourceError, check_fetch
 from adapters.parsing import CsvParser, make_parser
 
 
@@ -107,12 +107,7 @@ class MemorySource:
 
     def fetch(self, max_records: int, timeout_s: float) -> Batch:
         """Up to ``max_records`` records; never waits, since nothing can arrive meanwhile."""
-        if max_records < 1:
-            raise ValueError(f"max_records must be at least 1, got {max_records}.")
-        if timeout_s < 0:
-            raise ValueError(f"timeout_s must be non-negative, got {timeout_s}.")
-        if not self._opened or self._closed:
-            raise RuntimeError(f"source {self.name!r} is not open; call open() first.")
+        check_fetch(self.name, max_records, timeout_s, readable=self._opened and not self._closed)
         textual = self._parser.textual
         while self._next < len(self._lines):
             block = self._take(max_records)

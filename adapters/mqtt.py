@@ -48,7 +48,7 @@ from typing import Any, Literal
 
 from adapters._mqtt_keys import content_key, id_key, key_digest
 from adapters._mqtt_session import MAX_RECEIVE, BrokerAddress, Delivery, MqttSession
-from adapters.base import Batch, RawRecord, SourceError, StreamStats
+from adapters.base import Batch, RawRecord, SourceError, StreamStats, check_fetch
 from adapters.parsing import CsvParser, JsonlParser, parse_values
 
 logger = logging.getLogger(__name__)
@@ -252,12 +252,7 @@ class MqttSource:
 
         Returns an empty batch, never an error, while the broker is unreachable.
         """
-        if max_records < 1:
-            raise ValueError(f"max_records must be at least 1, got {max_records}.")
-        if timeout_s < 0:
-            raise ValueError(f"timeout_s must be non-negative, got {timeout_s}.")
-        if not self._opened or self._closed:
-            raise RuntimeError(f"source {self.name!r} is not open; call open() first.")
+        check_fetch(self.name, max_records, timeout_s, readable=self._opened and not self._closed)
         deadline = time.monotonic() + timeout_s
         while True:
             deliveries = self._session.take(max_records, max(0.0, deadline - time.monotonic()))

@@ -57,6 +57,7 @@ from adapters.base import (
     RawRecord,
     SourceError,
     StreamStats,
+    check_fetch,
 )
 
 logger = logging.getLogger(__name__)
@@ -340,12 +341,7 @@ class RedisStreamSource:
 
         Returns an empty batch, never an error, while the server is unreachable.
         """
-        if max_records < 1:
-            raise ValueError(f"max_records must be at least 1, got {max_records}.")
-        if timeout_s < 0:
-            raise ValueError(f"timeout_s must be non-negative, got {timeout_s}.")
-        if not self._opened or self._closed:
-            raise RuntimeError(f"source {self.name!r} is not open; call open() first.")
+        check_fetch(self.name, max_records, timeout_s, readable=self._opened and not self._closed)
         deadline = time.monotonic() + timeout_s
         count = min(max_records, self.batch_size)
         while True:

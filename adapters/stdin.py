@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, BinaryIO
 
 from adapters._lines import LineSplitter, line_number_keys
-from adapters.base import Batch, RecordFormat
+from adapters.base import Batch, RecordFormat, check_fetch
 from adapters.parsing import make_parser
 
 logger = logging.getLogger(__name__)
@@ -99,12 +99,7 @@ class StdinSource:
 
     def fetch(self, max_records: int, timeout_s: float) -> Batch:
         """Up to ``max_records`` records, waiting up to ``timeout_s`` for the first one."""
-        if max_records < 1:
-            raise ValueError(f"max_records must be at least 1, got {max_records}.")
-        if timeout_s < 0:
-            raise ValueError(f"timeout_s must be non-negative, got {timeout_s}.")
-        if not self._opened or self._closed:
-            raise RuntimeError(f"source {self.name!r} is not open; call open() first.")
+        check_fetch(self.name, max_records, timeout_s, readable=self._opened and not self._closed)
         deadline = time.monotonic() + timeout_s
         textual = self._parser.textual
         while True:

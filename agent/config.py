@@ -1029,6 +1029,25 @@ def sink_errors(config: AgentConfig) -> list[str]:
     return errors
 
 
+def _client_errors(where: str, source_type: str, client: tuple[str, str], extra: str,
+                   url: str) -> tuple[list[str], bool]:
+    """A broker source's client package and its URL's secrets; and whether every secret is set.
+
+    Shared by the Redis and MQTT checks: both name the extra to install and every
+    ``${VAR}`` of the URL the environment lacks. ``client`` is (module, package).
+    """
+    errors: list[str] = []
+    module, package = client
+    if importlib.util.find_spec(module) is None:
+        errors.append(f"{where}.type: {source_type} needs the {package} package, which is not "
+                      f"installed (expected `pip install 'metasentry[{extra}]'`)")
+    missing = [name for name in _ENV_REF.findall(url) if name not in os.environ]
+    for name in missing:
+        errors.append(f"{where}.url: environment variable {name} is not set "
+                      "(expected a secret)")
+    return errors, not missing
+
+
 def redis_source_errors(config: AgentConfig) -> list[str]:
     """What Redis sources need: the client package, their URL's secrets, a URL that parses."""
     errors: list[str] = []
@@ -1036,13 +1055,9 @@ def redis_source_errors(config: AgentConfig) -> list[str]:
         if not isinstance(source, RedisStreamSourceConfig):
             continue
         where = f"sources[{i}]"
-        if importlib.util.find_spec("redis") is None:
-            errors.append(f"{where}.type: redis_stream needs the redis package, which is not "
-                          "installed (expected `pip install 'metasentry[redis]'`)")
-        missing = [name for name in _ENV_REF.findall(source.url) if name not in os.environ]
-        for name in missing:
-            errors.append(f"{where}.url: environment variable {name} is not set "
-                          "(expected a secret)")
+        client, secrets_set = _client_errors(where, "redis_stream", ("redis", "redis"), "redis",
+                                             source.url)
+        errors.extend(client)
         consumer_vars = _ENV_REF.findall(source.consumer or "")
         for name in consumer_vars:
             if name not in os.environ:
@@ -1053,7 +1068,7 @@ def redis_source_errors(config: AgentConfig) -> list[str]:
                 not consumer or any(c.isspace() for c in consumer)):
             errors.append(f"{where}.consumer: empty or holds spaces once the environment is "
                           f"substituted (got {consumer!r}, expected a name without spaces)")
-        if not missing and _redis_url_error(config.source_url(source)):
+        if secrets_set and _redis_url_error(config.source_url(source)):
             errors.append(f"{where}.url: not a valid Redis URL once the environment is "
                           f"substituted (got {redact_url(source.url)!r}; expected "
                           "redis://[user:password@]host[:port][/db])")
@@ -1062,21 +1077,17 @@ def redis_source_errors(config: AgentConfig) -> list[str]:
 
 def mqtt_source_errors(config: AgentConfig) -> list[str]:
     """What MQTT sources need: the paho-mqtt package, their URL's secrets, a URL that parses."""
-    from adapters._mqtt_session import BrokerAddress
+    from adapters.mqtt import BrokerAddress
 
     errors: list[str] = []
     for i, source in enumerate(config.sources):
         if not isinstance(source, MqttSourceConfig):
             continue
         where = f"sources[{i}]"
-        if importlib.util.find_spec("paho") is None:
-            errors.append(f"{where}.type: mqtt needs the paho-mqtt package, which is not "
-                          "installed (expected `pip install 'metasentry[mqtt]'`)")
-        missing = [name for name in _ENV_REF.findall(source.url) if name not in os.environ]
-        for name in missing:
-            errors.append(f"{where}.url: environment variable {name} is not set "
-                          "(expected a secret)")
-        if not missing:
+        client, secrets_set = _client_errors(where, "mqtt", ("paho", "paho-mqtt"), "mqtt",
+                                             source.url)
+        errors.extend(client)
+        if secrets_set:
             try:
                 BrokerAddress.parse(config.source_url(source))
             except ValueError:

@@ -46,6 +46,7 @@ from bench.live_loop import (
     model_loop,
     nearest_neighbour_loop,
 )
+from bench.machine import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "examples" / "nsl-kdd"
@@ -56,17 +57,9 @@ log = logging.getLogger("bench.adaptation")
 
 
 def _machine() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import os
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version()}
 
 

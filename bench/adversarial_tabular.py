@@ -51,6 +51,7 @@ from bench.fewshot_data import (
     read_field_names,
     read_nsl_kdd,
 )
+from bench.machine import cpu_model
 
 logger = logging.getLogger(__name__)
 
@@ -194,14 +195,7 @@ def _train_model(data: _Data, support: np.ndarray, settings: Settings, seed: int
 
 
 def _cpu() -> dict[str, Any]:
-    name = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    name = cpu_model()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"model": name, "cores": os.cpu_count(), "usable_cores": usable}
 

@@ -69,6 +69,7 @@ import numpy as np
 from bench import drift_streams as ds
 from bench.drift_envelope import benign_envelope
 from bench.drift_envelope import markdown as envelope_markdown
+from bench.machine import cpu_model
 from detectors.base import FeatureBatch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -941,14 +942,7 @@ def _num(value: float | None, digits: int = 0) -> str:
 
 
 def cpu() -> dict[str, Any]:
-    name = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        name = platform.processor() or "unknown"
+    name = cpu_model()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"model": name, "cores": os.cpu_count(), "usable_cores": usable,
             "python": platform.python_version(), "numpy": np.__version__}

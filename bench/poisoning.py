@@ -35,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.adversarial import ROOT, _Handle, cpu_model, publish, run_art
+from bench.adversarial import ROOT, _Handle, publish, run_art
+from bench.machine import cpu_model
 
 WORK = ROOT / "var" / "bench" / "poisoning"
 ALPHA = 0.01
