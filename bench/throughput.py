@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from agent.config import AgentConfig, parse_config  # noqa: E402
 from agent.service import fit_reference  # noqa: E402
+from bench.machine import cpu_model  # noqa: E402
 from bench.throughput_limits import (  # noqa: E402
     decompressed,
     parse_limits,
@@ -221,17 +222,6 @@ def bench_drift_test() -> dict[str, float]:
             "windows": len(reports), "rejected": rejected}
 
 
-def cpu_model() -> str:
-    """The CPU's model name, as the benchmark docs record it."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -305,12 +295,13 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     fig, (rates, stages, drift) = plt.subplots(1, 3, figsize=(15, 3.8))
     rates.barh(["pyarrow.csv, one thread", "csv.reader + float()", "MetaSentry, drift only",
                 "MetaSentry, live model"],
-               [limits["pyarrow_csv_records_per_s"], limits["csv_reader_float_records_per_s"],
-                r["records_per_s_streaming"], live["records_per_s_streaming"]],
+               [limits["pyarrow_csv_records_per_s"] / 1000,
+                limits["csv_reader_float_records_per_s"] / 1000,
+                r["records_per_s_streaming"] / 1000, live["records_per_s_streaming"] / 1000],
                color=["tab:gray", "tab:gray", "tab:blue", "tab:blue"])
-    rates.axvline(0.25 * limits["pyarrow_csv_records_per_s"], color="red", linestyle="--",
-                  label="goal: 25 % of the fastest reader")
-    rates.set_xlabel("records/s, one core (same records, same run)")
+    rates.axvline(0.25 * limits["pyarrow_csv_records_per_s"] / 1000, color="red",
+                  linestyle="--", label="goal: 25 % of the fastest reader")
+    rates.set_xlabel("thousand records/s, one core (same records, same run)")
     rates.legend(loc="lower right", fontsize=8)
     left = [0.0, 0.0]
     for stage in results["profile"]:
