@@ -100,6 +100,7 @@ class _StreamState:
     rejected_total: int = 0
     fed_since_test: int = 0      # ok records fed since the last window report or timer test
     last_key: str | None = None  # offset key of the last record fed to the detectors
+    replica: str | None = None   # the replica's position name (shared sources): who tested
 
 
 class Pipeline:
@@ -141,7 +142,9 @@ class Pipeline:
         keeper.attach()
         state = _StreamState(detectors=detectors, grouper=grouper, references=keeper,
                              window_keys=deque(maxlen=detectors.buffer_size(
-                                 self.config.pipeline.batch_size)))
+                                 self.config.pipeline.batch_size)),
+                             replica=(source.position_name if isinstance(source, SharedSource)
+                                      else None))
         state.processed_total = int(position.get("processed", 0))
         state.rejected_total = int(position.get("rejected", 0))
         can_resume = getattr(source, "can_resume", None)
@@ -297,7 +300,7 @@ class Pipeline:
             first, stop = window_bounds(report)
             end = closing - (report.records_seen - stop)
             out.append((detector, report, keys[last], int(ok_index[last]),
-                        _span(state.window_keys, end - (stop - first) + 1, end)))
+                        _span(state.window_keys, end - (stop - first) + 1, end, state.replica)))
         state.fed_since_test = 0 if out else state.fed_since_test + len(keys)
         return out
 
@@ -416,7 +419,8 @@ class Pipeline:
                         continue
                     first, stop = window_bounds(report)
                     end = len(state.window_keys) - 1 - (report.records_seen - stop)
-                    span = _span(state.window_keys, end - (stop - first) + 1, end)
+                    span = _span(state.window_keys, end - (stop - first) + 1, end,
+                                 state.replica)
                     stored, incident = self.policy.drift_records(report, source=name,
                                                                  window_end_key=state.last_key,
                                                                  span=span)
@@ -570,11 +574,14 @@ def offset_keys(records: Sequence[RawRecord], index: np.ndarray) -> list[str]:
 
 
 def _span(entries: deque[tuple[str, int, str | None, str | None]], first: int,
-          last: int) -> dict[str, Any]:
-    """First and last record of a window, as far as the buffer still remembers them."""
+          last: int, replica: str | None = None) -> dict[str, Any]:
+    """First and last record of a window, as far as the buffer still remembers them, and the
+    replica that tested it when several share the source (each keeps windows of its own)."""
     start = entries[max(first, 0)]
     end = entries[last]
     span: dict[str, Any] = {"first_offset": start[0], "last_offset": end[0]}
+    if replica is not None:
+        span["replica"] = replica
     if end[2] is not None:
         span |= {"first_id": start[2], "last_id": end[2]}
     if end[3] is not None:

@@ -96,6 +96,9 @@ _INCIDENTS: Table = Base.metadata.tables["incidents"]
 _LABELS: Table = Base.metadata.tables["labels"]
 _QUARANTINE: Table = Base.metadata.tables["quarantine"]
 _DRIFT_REPORTS: Table = Base.metadata.tables["drift_reports"]
+#: first key of the advisory lock one replica holds while it runs retention ("MSRT"); the
+#: second is a hash of the schema, so deployments sharing a database do not wait on each other
+_MAINTENANCE_LOCK_SPACE = 0x4D535254
 _RECORDS: Table = Base.metadata.tables["incident_records"]
 _SOURCE_OFFSETS: Table = Base.metadata.tables["source_offsets"]
 _OUTBOX: Table = Base.metadata.tables["alert_outbox"]
@@ -570,9 +573,26 @@ class Store(FeedbackStore, RegistryStore, ReferenceStore, OutboxStore, AuditStor
             "drift_reports": delete(_DRIFT_REPORTS).where(_DRIFT_REPORTS.c.created_at < cutoff),
         }
         with self._session("purge_older_than", write=True, maintenance=True) as connection:
+            if not self._maintenance_turn(connection):
+                logger.info("retention: another agent on this database is purging; skipped")
+                return dict.fromkeys(statements, 0)
             deleted = {name: connection.execute(stmt).rowcount for name, stmt in statements.items()}
         logger.info("purged rows older than %s: %s", cutoff.isoformat(), deleted)
         return deleted
+
+    @staticmethod
+    def _maintenance_turn(connection: Connection) -> bool:
+        """Whether this agent may run the once-per-database job now (retention).
+
+        Replicas share one PostgreSQL and each schedules retention; the first to take the
+        transaction-scoped advisory lock of its schema purges, the others skip (the next run
+        comes within the hour). SQLite serialises writers by itself: always this agent's turn.
+        """
+        if connection.dialect.name != "postgresql":
+            return True
+        return bool(connection.execute(
+            text("SELECT pg_try_advisory_xact_lock(:space, hashtext(current_schema()))"),
+            {"space": _MAINTENANCE_LOCK_SPACE}).scalar())
 
     def checkpoint(self) -> None:
         """Fold SQLite's write-ahead log back into the database file; no-op elsewhere.

@@ -709,3 +709,28 @@ def test_rollback_copies_an_old_version_into_a_new_active_one(store: Store) -> N
     assert store.reference_data(rolled.id) == b"v1"
     with pytest.raises(ReferenceVersionNotFound):
         store.rollback_reference("stream", "drift", 7, actor="ana")
+
+
+@pytest.mark.postgres
+def test_one_replica_at_a_time_runs_retention(postgres_url: str) -> None:
+    # Replicas share one PostgreSQL: while one holds the retention lock, another's purge is
+    # skipped (it deletes nothing and says so), and it runs once the lock is free.
+    store = Store(postgres_url)
+    store.upgrade()
+    old = datetime.now(UTC) - timedelta(days=40)
+    store.commit_batch(source="stream", position=None, quarantine=[quarantined(1)],
+                       drift_reports=[drift_report("w-old", created_at=old)])
+    holder = sa.create_engine(postgres_url)
+    try:
+        with holder.begin() as connection:
+            assert connection.execute(sa.text(
+                "SELECT pg_try_advisory_xact_lock(1297306196, hashtext(current_schema()))"  # MSRT
+            )).scalar()
+            skipped = store.purge_older_than(30, now=datetime.now(UTC) + timedelta(days=40))
+            assert set(skipped.values()) == {0}
+        assert len(store.list_drift_reports()) == 1
+        deleted = store.purge_older_than(30, now=datetime.now(UTC) + timedelta(days=40))
+        assert deleted["drift_reports"] == 1 and deleted["quarantine"] == 1
+    finally:
+        holder.dispose()
+        store.close()

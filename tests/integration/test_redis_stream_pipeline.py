@@ -161,6 +161,20 @@ def test_an_entry_delivered_too_often_is_quarantined_and_dead_lettered(
     agent.close()
 
 
+def test_each_drift_window_names_the_replica_that_tested_it(
+        write_config: Callable[..., Path], stream: tuple[Any, str]) -> None:
+    # Replicas keep windows of their own: a report says whose window it was.
+    client, key = stream
+    fill_stream(client, key, 2500)
+    agent = start_agent(write_config(**{"sources": [source_spec(key)]}))
+    run_until(agent, lambda: drained(client, key))
+    agent.pipeline.test_windows()  # the partial window too (the timer's path)
+    reports = agent.store.list_drift_reports(source="events")
+    assert len(reports) >= 3
+    assert {(r.window_span or {}).get("replica") for r in reports} == {POSITION}
+    agent.close()
+
+
 def test_the_backlog_figures_are_exported(write_config: Callable[..., Path],
                                           stream: tuple[Any, str]) -> None:
     client, key = stream
