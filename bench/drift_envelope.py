@@ -73,7 +73,33 @@ def benign_envelope(stream: ds.Stream, *, window: int, step: int, windows: int,
                 moves.append(window_moves(part[:r], part[r:], window, step, windows))
             rows.append(_summary(np.concatenate(moves), weeks, magnitude))
         out["orders"][order] = rows
+    out["adjacent_weeks"] = adjacent_week_moves(stream, magnitude=magnitude)
     return out
+
+
+def adjacent_week_moves(stream: ds.Stream, *, magnitude: float = 1.0,
+                        scale_weeks: int = 4) -> dict[str, Any]:
+    """How far each benign week's feature means lie from the week just before it.
+
+    The nearest reference a window test can have is the previous window: if even that moves
+    ``magnitude`` sd or more (in the spread of the ``scale_weeks`` weeks before, the unit of the
+    injected shifts), a reference that follows the stream as closely as possible does not
+    escape the envelope either. Weeks are whole weeks from the first real Victorian record.
+    """
+    values = stream.numeric[ds.ELEC2_VIC_START:]
+    count = len(values) // WEEK
+    means = values[:count * WEEK].reshape(count, WEEK, -1).mean(axis=1)
+    largest = []
+    for k in range(scale_weeks, count):
+        spread = values[(k - scale_weeks) * WEEK:k * WEEK].std(axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            moved = np.abs(means[k] - means[k - 1]) / spread
+        largest.append(float(np.nanmax(np.where(np.isnan(moved), 0.0, moved))))
+    moves = np.asarray(largest)
+    return {"weeks": int(moves.size), "scale_weeks": scale_weeks,
+            "share_any_feature": float((moves >= magnitude).mean()) if moves.size else 0.0,
+            "largest_move_quantiles": {str(q): float(np.percentile(moves, q)) if moves.size
+                                       else None for q in (50, 95)}}
 
 
 def _summary(moves: np.ndarray, weeks: int, magnitude: float) -> dict[str, Any]:
@@ -123,6 +149,15 @@ def markdown(envelope: Mapping[str, Any]) -> list[str]:
                   + (f" Shuffled, the largest move stays under {calm:.2f} sd at the 95th "
                      "percentile, which is why the detectors meet the goal there."
                      if calm is not None else "")]
+    adjacent = envelope.get("adjacent_weeks")
+    if adjacent:
+        q = adjacent["largest_move_quantiles"]
+        lines += ["", f"Nor does the closest reference a window test can have, the week just "
+                  f"before: over {adjacent['weeks']} consecutive benign weeks, "
+                  f"{adjacent['share_any_feature']:.0%} move some feature's mean {m:g} sd (of "
+                  f"the {adjacent['scale_weeks']} weeks before) or more from the previous "
+                  f"week's (median largest move {_fmt(q['50'])} sd, 95th percentile "
+                  f"{_fmt(q['95'])})."]
     return lines
 
 

@@ -69,3 +69,12 @@ def test_a_partial_rerun_replaces_its_parts_and_keeps_the_others() -> None:
     assert merged["machine"] == {"cpu": "old"} and merged["seconds"] == 900.0
     assert merged["part_runs"]["envelope"]["machine"] == {"cpu": "new"}
     assert set(merged["part_runs"]) == {"envelope"}
+
+
+def test_adjacent_weeks_move_with_a_walking_level_and_not_with_a_still_one() -> None:
+    walking = drift_envelope.adjacent_week_moves(_stream(days=220, drift_per_day=1.0))
+    still = drift_envelope.adjacent_week_moves(_stream(days=220, drift_per_day=0.0))
+    # 7 units a week against a spread of about 8 over the 4 weeks before: about 0.9 sd
+    assert walking["weeks"] == still["weeks"] > 20
+    assert walking["largest_move_quantiles"]["50"] > 0.5
+    assert still["share_any_feature"] == 0.0 and still["largest_move_quantiles"]["95"] < 0.3
