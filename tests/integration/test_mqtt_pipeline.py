@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 import pytest
+from redis_agents import run_until
 
 from adapters.mqtt import MqttSource
 from agent.config import load_config
@@ -101,22 +102,6 @@ def committed(db: Path, name: str = "telemetry") -> int:
         return 0
     position = orjson.loads(row[0]) if isinstance(row[0], (str, bytes)) else row[0]
     return int(position["processed"]) + int(position["rejected"])
-
-
-def run_until(agent: Agent, done: Callable[[], bool], timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-
-    def watch() -> None:
-        while not agent.stop_event.is_set():
-            if done() or time.monotonic() > deadline:
-                agent.stop_event.set()
-            time.sleep(0.05)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    agent.run_sources(stop_when_exhausted=False)
-    watcher.join(5)
-    assert time.monotonic() <= deadline, "the messages were not all judged in time"
 
 
 def sample(agent: Agent, name: str) -> float | None:
