@@ -221,6 +221,9 @@ class StreamStats:
         taken over from idle consumers, moved to the dead-letter stream, found deleted while
         pending (their content was gone before they could be judged), and delivered again
         after their batch had been committed (acknowledged without being judged again).
+    sessions_lost:
+        Cumulative: reconnections on which the broker no longer had this agent's session (it
+        expired or the broker lost it), so whatever it held unacknowledged is gone (MQTT).
     """
 
     reachable: bool = True
@@ -234,6 +237,7 @@ class StreamStats:
     dead_lettered: int = 0
     trimmed: int = 0
     redelivered: int = 0
+    sessions_lost: int = 0
 
     COUNTERS: ClassVar[tuple[str, ...]] = (
         "read", "acked", "claimed", "dead_lettered", "trimmed", "redelivered")

@@ -210,7 +210,7 @@ class MqttSource:
         """Reachability and this agent's counts, exported as ``metasentry_stream_*``; never
         waits for the broker, so the health thread may read it."""
         return StreamStats(reachable=self.reachable, pending=self.unacknowledged,
-                           group_lag=None, **self._counts)
+                           group_lag=None, sessions_lost=self.sessions_lost, **self._counts)
 
     # --- the source contract ----------------------------------------------------------------
 

@@ -84,6 +84,7 @@ CATALOGUE: Final[dict[str, str]] = {
     "metasentry_stream_entries_dead_lettered_total": "counter",
     "metasentry_stream_entries_trimmed_total": "counter",
     "metasentry_stream_entries_redelivered_total": "counter",
+    "metasentry_source_sessions_lost_total": "counter",
     # the HTTP ingest source (``POST /v1/ingest``)
     "metasentry_ingest_requests_total": "counter",
     "metasentry_ingest_records_total": "counter",
@@ -361,6 +362,10 @@ class Metrics:
             "redelivered": "Entries delivered again after their batch was committed (a crash "
                            "between commit and acknowledgement); acknowledged, not re-judged.",
         }
+        self.sessions_lost = Counter(
+            _base("metasentry_source_sessions_lost_total"),
+            "Reconnections on which the broker no longer had this agent's session (expired or "
+            "lost): messages it held unacknowledged are gone (MQTT).", ["source"], registry=r)
         self.stream_counters = {
             name: Counter(_base(f"metasentry_stream_entries_{name}_total"), text, ["source"],
                           registry=r)
@@ -388,7 +393,8 @@ class Metrics:
                 self.stream_oldest_pending_age.labels(source).set_function(
                     lambda: self._stream_oldest_age(source))
             self._stream_oldest[source] = stats.oldest_pending_ms
-            for name, counter in self.stream_counters.items():
+            counters = {**self.stream_counters, "sessions_lost": self.sessions_lost}
+            for name, counter in counters.items():
                 now = getattr(stats, name)
                 before = self._stream_seen.get((source, name), 0)
                 counter.labels(source).inc(now - before if now >= before else now)

@@ -247,3 +247,22 @@ def test_csv_messages_need_schema_columns(write_config: Callable[..., Path]) -> 
     path = write_config(sources=[entry], **{"schema.columns": None})
     with pytest.raises(ConfigError, match=r"sources\[0\]\.format: csv messages have no header"):
         load_config(path, need_token=False)
+
+
+def test_lost_sessions_are_exported_as_a_counter_that_never_goes_back() -> None:
+    from adapters.base import StreamStats
+    from agent.metrics import Metrics
+
+    metrics = Metrics()
+
+    def lost() -> float | None:
+        return metrics.registry.get_sample_value("metasentry_source_sessions_lost_total",
+                                                 {"source": "telemetry"})
+
+    metrics.observe_stream("telemetry", StreamStats(sessions_lost=0))
+    assert lost() == 0
+    metrics.observe_stream("telemetry", StreamStats(sessions_lost=2))
+    metrics.observe_stream("telemetry", StreamStats(sessions_lost=2))  # the health thread again
+    assert lost() == 2
+    metrics.observe_stream("telemetry", StreamStats(sessions_lost=1))  # a source started afresh
+    assert lost() == 3
