@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agent.config import load_config
 from agent.service import Agent, RunTotals
 from storage import Store
 from tests.redis_server import REDIS_URL
@@ -26,15 +27,30 @@ def source_spec(key: str, **overrides: Any) -> dict[str, Any]:
             "start_id": "0", "block_ms": 100, "claim_idle_s": 2.0} | overrides
 
 
-def fill_stream(client: Any, key: str, count: int, *, bad_every: int = 0) -> int:
-    """Add ``count`` real records (and a bad line after every ``bad_every``th); returns the
-    number of entries added."""
+def sample_entries(count: int, *, bad_every: int = 0) -> list[str]:
+    """``count`` real records of the bundled stream, and a bad line after every
+    ``bad_every``th (none when 0)."""
     lines = gzip.open(SAMPLE / "stream.csv.gz", "rt").read().splitlines()[:count]
     entries: list[str] = []
     for index, line in enumerate(lines):
         entries.append(line)
         if bad_every and index % bad_every == bad_every - 1:
             entries.append(BAD_LINES[(index // bad_every) % len(BAD_LINES)])
+    return entries
+
+
+def started_agent(config_path: Path) -> Agent:
+    """An agent built from ``config_path``, prepared, with its configured sources attached."""
+    agent = Agent(load_config(config_path, need_token=False))
+    agent.prepare()
+    agent.attach_configured_sources()
+    return agent
+
+
+def fill_stream(client: Any, key: str, count: int, *, bad_every: int = 0) -> int:
+    """Add ``count`` real records (and a bad line after every ``bad_every``th); returns the
+    number of entries added."""
+    entries = sample_entries(count, bad_every=bad_every)
     pipe = client.pipeline(transaction=False)
     for entry in entries:
         pipe.xadd(key, {"data": entry})

@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 import pytest
-from redis_agents import run_until
+from redis_agents import run_until, started_agent
 
 from adapters.mqtt import MqttSource
 from agent.config import load_config
@@ -75,13 +75,6 @@ def agent_config(write_config: Callable[..., Path], spec: dict[str, Any],
                                  "storage.retry_max_backoff_s": 0.5} | overrides)
 
 
-def start_agent(config_path: Path) -> Agent:
-    agent = Agent(load_config(config_path, need_token=False))
-    agent.prepare()
-    agent.attach_configured_sources()
-    return agent
-
-
 def the_source(agent: Agent) -> MqttSource:
     source = agent.sources[0]
     assert isinstance(source, MqttSource)
@@ -123,7 +116,7 @@ def test_published_records_are_judged_and_stored(write_config: Callable[..., Pat
     client_id, topic = session
     batch = messages(900, bad_every=300)  # queued before the agent connects: under 1000
     mqtt_broker.publish(f"{topic}/sensor-1", batch)
-    agent = start_agent(agent_config(write_config, source_spec(client_id, topic)))
+    agent = started_agent(agent_config(write_config, source_spec(client_id, topic)))
     db = tmp_path / "metasentry.db"
     run_until(agent, lambda: committed(db) >= len(batch))
     assert committed(db) == len(batch)
@@ -142,7 +135,7 @@ def test_a_crash_between_commit_and_ack_judges_nothing_twice(
     batch = messages(950, bad_every=400)
     mqtt_broker.publish(f"{topic}/sensor-1", batch)
     config_path = agent_config(write_config, source_spec(client_id, topic))
-    agent = start_agent(config_path)
+    agent = started_agent(config_path)
     source = the_source(agent)
     acks = 0
     real_ack = source.ack
@@ -160,7 +153,7 @@ def test_a_crash_between_commit_and_ack_judges_nothing_twice(
     source.close()  # the connection goes with the process; nothing is acknowledged
     agent.store.close()
 
-    restarted = start_agent(config_path)
+    restarted = started_agent(config_path)
     db = tmp_path / "metasentry.db"
     run_until(restarted, lambda: committed(db) >= len(batch))
     time.sleep(0.5)
@@ -254,7 +247,7 @@ def test_a_broker_restart_mid_stream_loses_nothing_and_shows_in_the_metrics(
         before, after = messages(3000, bad_every=1000), messages(4000)[3000:]
         mqtt_broker.publish(f"{topic}/sensor-1", before, port=broker.port)
         spec = source_spec(client_id, topic, url=broker.url)
-        agent = start_agent(agent_config(write_config, spec))
+        agent = started_agent(agent_config(write_config, spec))
         source = the_source(agent)
         health = HealthMonitor(agent)
         db = tmp_path / "metasentry.db"

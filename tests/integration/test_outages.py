@@ -24,12 +24,11 @@ import pytest
 from outage_harness import OUTAGE_S, Figures, OwnRedis, Watch
 from pg_faults import PG_URL, Relay
 from redis_agents import (
-    BAD_LINES,
-    SAMPLE,
     committed_totals,
     drained,
     fill_stream,
     run_until,
+    sample_entries,
     source_spec,
 )
 
@@ -219,18 +218,6 @@ def test_a_webhook_target_down_gets_every_alert_once_and_never_blocks_ingestion(
 # ----------------------------------------------------------- one replica's database hung
 
 
-def _entries(count: int) -> list[str]:
-    import gzip
-
-    lines = gzip.open(SAMPLE / "stream.csv.gz", "rt").read().splitlines()[:count]
-    out: list[str] = []
-    for index, line in enumerate(lines):
-        out.append(line)
-        if index % 1000 == 999:
-            out.append(BAD_LINES[(index // 1000) % len(BAD_LINES)])
-    return out
-
-
 @pytest.mark.redis
 @pytest.mark.postgres
 @pytest.mark.slow
@@ -245,7 +232,7 @@ def test_one_replicas_hung_database_loses_and_doubles_nothing(
     entry taken from a replica that is alive and merely slow can be judged by both (see
     docs/SOURCES.md), so the claim timeout is set above the store's retry horizon.
     """
-    entries = _entries(6000)
+    entries = sample_entries(6000, bad_every=1000)
     database = fresh_database("metasentry_outage_replicas")
     with private_stream() as (client, key):
         client.xgroup_create(key, "agents", id="0", mkstream=True)

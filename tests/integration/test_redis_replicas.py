@@ -19,12 +19,11 @@ import httpx
 import pytest
 from pg_faults import PG_URL
 from redis_agents import (
-    BAD_LINES,
-    SAMPLE,
     committed_totals,
     drained,
     group_state,
     run_until,
+    sample_entries,
     source_spec,
 )
 
@@ -41,18 +40,6 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def _entries() -> list[str]:
-    import gzip
-
-    lines = gzip.open(SAMPLE / "stream.csv.gz", "rt").read().splitlines()[:RECORDS]
-    out: list[str] = []
-    for index, line in enumerate(lines):
-        out.append(line)
-        if index % 1000 == 999:
-            out.append(BAD_LINES[(index // 1000) % len(BAD_LINES)])
-    return out
 
 
 def _metric(port: int, name: str) -> float | None:
@@ -81,7 +68,7 @@ def _pending_of(client: Any, key: str, consumer: str) -> int:
 def test_two_replicas_share_a_stream_and_take_over_a_killed_ones_entries(
         write_config: Callable[..., Path], fresh_database: Callable[..., str],
         tmp_path: Path) -> None:
-    entries = _entries()
+    entries = sample_entries(RECORDS, bad_every=1000)
     with private_stream() as (client, key):
         # What one agent alone finds in these entries: the figure the replicas must match.
         reference_key = f"{key}:reference"

@@ -19,10 +19,10 @@ from redis_agents import (
     group_state,
     run_until,
     source_spec,
+    started_agent,
 )
 
 from adapters import RedisStreamSource
-from agent.config import load_config
 from agent.health import HealthMonitor
 from agent.service import Agent
 from tests.redis_server import REDIS_TARGET, private_stream, url_through
@@ -40,13 +40,6 @@ def stream() -> Iterator[tuple[Any, str]]:
 
 class Crash(BaseException):
     """kill -9 of the process, at the point the test chooses."""
-
-
-def start_agent(config_path: Path) -> Agent:
-    agent = Agent(load_config(config_path, need_token=False))
-    agent.prepare()
-    agent.attach_configured_sources()
-    return agent
 
 
 def the_source(agent: Agent) -> RedisStreamSource:
@@ -77,7 +70,7 @@ def test_a_crash_between_commit_and_ack_replays_nothing_twice(
     clean_key = key + ":clean"
     fill_stream(client, clean_key, 3000, bad_every=700)
     try:
-        clean = start_agent(write_config(
+        clean = started_agent(write_config(
             "clean.yaml", live_model=True, **{
                 "sources": [source_spec(clean_key)], "pipeline.batch_size": 250,
                 "storage.url": f"sqlite:///{tmp_path / 'clean.db'}"}))
@@ -90,7 +83,7 @@ def test_a_crash_between_commit_and_ack_replays_nothing_twice(
 
     config_path = write_config(live_model=True, **{"sources": [source_spec(key)],
                                                    "pipeline.batch_size": 250})
-    agent = start_agent(config_path)
+    agent = started_agent(config_path)
     source = the_source(agent)
     acks = 0
     real_ack = source.ack
@@ -109,7 +102,7 @@ def test_a_crash_between_commit_and_ack_replays_nothing_twice(
     assert state is not None and state["pending"] == 250, "the committed batch is unacknowledged"
     agent.store.close()  # the process is gone: nothing else of it runs
 
-    restarted = start_agent(config_path)
+    restarted = started_agent(config_path)
     run_until(restarted, lambda: drained(client, key))
     processed, rejected = committed_totals(restarted.store, [POSITION])[POSITION]
     assert processed + rejected == total, "every entry judged exactly once over both runs"
@@ -127,7 +120,7 @@ def test_poison_entries_are_quarantined_once_and_acknowledged(
     client.xadd(key, {"other": "no data field at all"})
     config_path = write_config(**{"sources": [source_spec(key)]})
     for _ in range(2):  # the second run finds nothing left to judge
-        agent = start_agent(config_path)
+        agent = started_agent(config_path)
         run_until(agent, lambda: drained(client, key))
         quarantined = agent.store.list_quarantine(limit=10)
         assert sorted((q.reason, q.source) for q in quarantined) == [
@@ -145,7 +138,7 @@ def test_an_entry_delivered_too_often_is_quarantined_and_dead_lettered(
     # A replica of the same name read the first two entries and died: one delivery each.
     client.xreadgroup("agents", "replica-1", {key: ">"}, count=2)
     config_path = write_config(**{"sources": [source_spec(key, max_deliveries=1)]})
-    agent = start_agent(config_path)
+    agent = started_agent(config_path)
     run_until(agent, lambda: drained(client, key))
     quarantined = agent.store.list_quarantine(limit=10)
     assert [q.reason for q in quarantined] == ["max_deliveries", "max_deliveries"]
@@ -166,7 +159,7 @@ def test_each_drift_window_names_the_replica_that_tested_it(
     # Replicas keep windows of their own: a report says whose window it was.
     client, key = stream
     fill_stream(client, key, 2500)
-    agent = start_agent(write_config(**{"sources": [source_spec(key)]}))
+    agent = started_agent(write_config(**{"sources": [source_spec(key)]}))
     run_until(agent, lambda: drained(client, key))
     agent.pipeline.test_windows()  # the partial window too (the timer's path)
     reports = agent.store.list_drift_reports(source="events")
@@ -181,7 +174,7 @@ def test_the_backlog_figures_are_exported(write_config: Callable[..., Path],
     ids = [client.xadd(key, {"data": line}) for line in [
         "0,tcp,http,SF," + ",".join(["0"] * 37) + ",normal,21"] * 1000]
     config_path = write_config(**{"sources": [source_spec(key)], "pipeline.batch_size": 250})
-    agent = start_agent(config_path)
+    agent = started_agent(config_path)
     agent.run_sources(stop_when_exhausted=False, limit=250)
     source = the_source(agent)
     # A batch handed out and not yet committed, as when the pipeline is mid-batch.
@@ -215,7 +208,7 @@ def test_a_redis_outage_mid_stream_is_retried_and_nothing_is_lost(
     relay = Relay(REDIS_TARGET)
     relay.up()
     spec = source_spec(key, url=url_through(relay.port), batch_size=200)
-    agent = start_agent(write_config(**{"sources": [spec], "pipeline.batch_size": 200}))
+    agent = started_agent(write_config(**{"sources": [spec], "pipeline.batch_size": 200}))
     source = the_source(agent)
     seen: dict[str, Any] = {"unready": False, "held": 0, "cut": False}
 
