@@ -110,6 +110,14 @@ def _ints(text: str) -> tuple[int, ...]:
     return values
 
 
+def _members(algorithm: str, members: int) -> int:
+    """``--members``, checked against the algorithm before any training time is spent."""
+    if members > 1 and algorithm != "memory":
+        raise click.BadParameter(f"only the memory learner has members, not {algorithm}.",
+                                 param_hint="--members")
+    return members
+
+
 @click.command("meta-train")
 @click.option("--config", "config_path", required=True,
               type=click.Path(path_type=Path, dir_okay=False), help="The agent's YAML config.")
@@ -136,6 +144,8 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--patience", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--hidden", default="256,128", show_default=True, help="MLP hidden sizes.")
 @click.option("--embedding-dim", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--members", type=click.IntRange(min=1, max=16), default=1, show_default=True,
+              help="memory only: an ensemble of this many members, read as one memory.")
 @click.option("--seed", type=int, default=0, show_default=True)
 def meta_train(
     config_path: Path,
@@ -154,6 +164,7 @@ def meta_train(
     patience: int,
     hidden: str,
     embedding_dim: int,
+    members: int,
     seed: int,
 ) -> None:
     """Meta-train a few-shot alert classifier on labelled data and save it to --out."""
@@ -168,7 +179,7 @@ def meta_train(
                         queries=queries, meta_batch=meta_batch, val_classes=val_classes,
                         benign_class=benign_class, val_every=val_every, patience=patience,
                         hidden=hidden_sizes, embedding_dim=embedding_dim, seed=seed,
-                        device=config.model.device)
+                        device=config.model.device, members=_members(algorithm, members))
     click.echo(f"{len(labelled.y)} records, {labelled.x.shape[1]} features; training "
                f"{algorithm} for {episodes} episodes", err=True)
     try:

@@ -572,6 +572,17 @@ class ModelConfig(_Model):
     poll_interval_s: float = Field(default=5.0, gt=0)
     cache_dir: Path = Path("var/models")
     seed: int = 0
+    # Memory learner only: members meta-trained from seeds seed, seed+1, ... and read as one
+    # memory. Opt-in: better base-rate recall and more attack alarms, but more benign alarms
+    # before labels and fewer newly labelled records named (docs/bench/fewshot.md).
+    members: int = Field(default=1, ge=1, le=16)
+
+    @model_validator(mode="after")
+    def _members_need_memory(self) -> ModelConfig:
+        if self.members > 1 and self.learner != "memory":
+            raise ValueError(f"members: only the memory learner is an ensemble, not "
+                             f"{self.learner} (remove `members` or use `learner: memory`)")
+        return self
 
 
 class ScreeningConfig(_Model):

@@ -276,7 +276,7 @@ class ModelRuntime:
             raise ModelLoadError(f"bootstrap: {error}") from error
         plan = TrainingPlan(algorithm=cfg.learner, episodes=cfg.training_episodes,
                             benign_class=cfg.benign_class, seed=cfg.seed, device=cfg.device,
-                            image_shape=image_shape)
+                            image_shape=image_shape, members=cfg.members)
         log.info("bootstrap: meta-training a %s model on %d labelled reference records (%d "
                  "classes; %d held out as the canary set)", cfg.learner, len(support),
                  len(support.classes), len(self.split.canary))

@@ -39,8 +39,15 @@ class TrainingPlan:
     embedding_dim: int = 64
     image_shape: tuple[int, int, int] | None = None  # (H, W, C): a Conv-4 encoder, else an MLP
     filters: int = 64
+    members: int = 1  # memory learner only: an ensemble of this many, read as one memory
     seed: int = 0
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.members < 1:
+            raise ValueError(f"members must be at least 1, got {self.members}.")
+        if self.members > 1 and self.algorithm != "memory":
+            raise ValueError(f"only the memory learner has members, not {self.algorithm}.")
 
 
 @dataclass(frozen=True)
@@ -80,7 +87,8 @@ def train_learner(x: np.ndarray, y: np.ndarray, plan: TrainingPlan, *,
     else:
         spec = EncoderSpec(kind="mlp", input_shape=(int(x.shape[1]),), hidden=plan.hidden,
                            embedding_dim=plan.embedding_dim)
-    learner = build_learner(plan.algorithm, spec, seed=plan.seed, device=plan.device)
+    ensemble = {"members": plan.members} if plan.members > 1 else {}
+    learner = build_learner(plan.algorithm, spec, seed=plan.seed, device=plan.device, **ensemble)
     history = learner.meta_train(train, episodes=plan.episodes, meta_batch=plan.meta_batch,
                                  val=val, val_every=plan.val_every, patience=plan.patience,
                                  checkpoint_dir=checkpoint_dir, progress=progress)
@@ -90,6 +98,7 @@ def train_learner(x: np.ndarray, y: np.ndarray, plan: TrainingPlan, *,
         "episodes": {"ways": plan.ways, "shots": plan.shots, "queries": plan.queries,
                      "meta_batch": plan.meta_batch, "requested": plan.episodes,
                      "run": history.episodes_run},
+        "members": plan.members,
         "validation": {"best_accuracy": history.best_val_accuracy,
                        "best_step": history.best_step, "stopped_early": history.stopped_early},
     }

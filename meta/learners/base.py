@@ -175,7 +175,7 @@ class EpisodicLearner(ABC):
         if grad_clip <= 0:
             raise ValueError(f"grad_clip must be positive, got {grad_clip}.")
         self.encoder_spec = encoder_spec
-        self.encoder: Encoder = build_encoder(encoder_spec)
+        self.encoder: Encoder = self._build_encoder(encoder_spec)
         self.seed = seed
         self.meta_lr = meta_lr
         self.grad_clip = grad_clip
@@ -209,6 +209,9 @@ class EpisodicLearner(ABC):
 
     def _extra_arrays(self) -> dict[str, np.ndarray]:
         return {}
+
+    def _build_encoder(self, spec: EncoderSpec) -> Encoder:
+        return build_encoder(spec)
 
     @abstractmethod
     def _batch_loss(

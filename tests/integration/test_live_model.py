@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from agent.config import load_config
@@ -103,6 +104,42 @@ def test_a_new_type_is_flagged_then_named_after_five_labels(
         assert restarted.runtime.version.version == outcome.version
         predicted, _ = served_answers(restarted, streams["part2_new"])
         assert (predicted == NEW_TYPE).mean() >= 0.8
+    finally:
+        restarted.close()
+
+
+def test_an_ensemble_model_is_bootstrapped_served_adapted_and_reloaded(
+        write_config: Callable[..., Path], tmp_path: Path,
+        streams: dict[str, list[str]]) -> None:
+    """``model.members: 3``: three memory members trained at the first start, served as one
+    memory, adapted from five labels, and loaded again (by its recorded sha256) after a
+    restart."""
+    config = load_config(write_config(live_model=True, **{
+        "model.path": None, "model.sha256": None, "model.bootstrap": True,
+        "model.members": 3, "model.training_episodes": 96,
+        "incidents.examples_per_incident": 20}), need_token=False)
+    agent = Agent(config)
+    try:
+        agent.prepare()
+        assert agent.runtime is not None and agent.adapter is not None
+        served = agent.runtime.current()
+        assert served is not None and served.learner.members == 3
+        width = served.learner.encoder_spec.input_shape[0]
+        assert served.embed(np.zeros((1, width), np.float32)).shape == (1, 3 * 64)
+        replay(agent, config, write_stream(tmp_path / "part1.csv", streams["part1"]), "part1")
+        _label_five_of_the_novel_incident(agent)
+        outcome = agent.adapter.run("labels: test")
+        assert outcome.status in ("activated", "rejected"), outcome
+        serving = agent.runtime.version
+        assert serving is not None
+    finally:
+        agent.close()
+    restarted = Agent(config)
+    try:
+        restarted.prepare()
+        assert restarted.runtime is not None and restarted.runtime.version is not None
+        assert restarted.runtime.version.version == serving.version
+        assert restarted.runtime.current().learner.members == 3
     finally:
         restarted.close()
 

@@ -265,3 +265,17 @@ def test_a_moving_reference_needs_a_window_detector(write_config: Callable[..., 
     bad = write_config("bad.yaml", **{"reference.rolling": {"follow_rate": 2}})
     code, out = _check(bad, env={"METASENTRY_API_TOKEN": token})
     assert code == 2 and "reference.rolling.follow_rate" in out
+
+
+def test_model_members_are_an_opt_in_ensemble_of_the_memory_learner(
+        write_config: Callable[..., Path]) -> None:
+    memory = load_config(write_config(**{"model.enabled": True}), need_token=False)
+    assert memory.model.learner == "memory" and memory.model.members == 1
+    ensemble = load_config(write_config("ensemble.yaml", **{
+        "model.enabled": True, "model.members": 3}), need_token=False)
+    assert ensemble.model.members == 3
+    with pytest.raises(ConfigError, match="model: .*only the memory learner is an ensemble"):
+        load_config(write_config("bad.yaml", **{"model.learner": "maml", "model.members": 3}),
+                    need_token=False)
+    with pytest.raises(ConfigError, match="model.members"):
+        load_config(write_config("zero.yaml", **{"model.members": 0}), need_token=False)

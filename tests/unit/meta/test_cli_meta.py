@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import click
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -103,6 +104,33 @@ def test_fewshot_eval_refuses_a_tampered_model(trained_model: tuple[Path, Path],
     ])
     assert result.exit_code == 1
     assert "modified after saving" in result.output
+
+
+def test_members_are_for_the_memory_learner_only(trained_model: tuple[Path, Path],
+                                                 tmp_path: Path) -> None:
+    config_path, _ = trained_model
+    result = CliRunner().invoke(cli, ["meta-train", "--config", str(config_path), "--algorithm",
+                                      "maml", "--members", "3", "--out", str(tmp_path / "m")])
+    assert result.exit_code == 2
+    assert "only the memory learner has members, not maml" in result.output
+    assert not (tmp_path / "m").exists()
+
+
+def test_meta_train_builds_a_memory_ensemble_on_request(trained_model: tuple[Path, Path],
+                                                        tmp_path: Path) -> None:
+    config_path, _ = trained_model
+    out = tmp_path / "memory"
+    result = CliRunner().invoke(cli, [
+        "meta-train", "--config", str(config_path), "--algorithm", "memory", "--members", "3",
+        "--episodes", "16", "--meta-batch", "8", "--val-every", "16", "--hidden", "16",
+        "--embedding-dim", "8", "--out", str(out), "--benign-class", "normal"])
+    assert result.exit_code == 0, result.output
+    model = read_model_description(out)
+    assert model["hyperparameters"]["members"] == 3
+    assert model["description"]["members"] == 3
+    learner = load_learner(out)
+    width = learner.encoder_spec.input_shape[0]
+    assert learner.project(np.zeros((1, width), np.float32)).shape == (1, 3 * 8)
 
 
 def test_config_errors_exit_2(tmp_path: Path) -> None:
