@@ -44,17 +44,19 @@ class CanaryLimits:
 
 def evaluate(model: AlertModel, canary: SupportSet, *, alpha: float,
              earlier_label_ids: set[int] | frozenset[int] = frozenset(),
-             new_label_ids: set[int] | frozenset[int] = frozenset()) -> CanaryReport:
+             new_label_ids: set[int] | frozenset[int] = frozenset(),
+             embeddings: np.ndarray | None = None) -> CanaryReport:
     """Figures of ``model`` on the canary set and, leave-one-out, on its analyst labels.
 
     A model's figures do not change, so they are computed once per model and kept in
     ``model.evaluations``: comparing a candidate with the serving version then costs one
-    evaluation, not two.
+    evaluation, not two. ``embeddings`` are the canary records' (``model.embed``), which
+    every version built on the same learner shares.
     """
     key = f"canary:{id(canary)}:{alpha}"
     base = model.evaluations.get(key)
     if base is None:
-        out = model.classify(canary.x)
+        out = model.classify(canary.x, embeddings)
         predicted = np.asarray(out.predicted).astype(str)
         correct = predicted == canary.y
         benign = canary.y == model.benign_class
@@ -78,9 +80,14 @@ def _label_accuracy(model: AlertModel, label_ids: set[int] | frozenset[int]
     if not label_ids:
         return None, 0
     known: dict[int, bool] = model.evaluations.setdefault("labels", {})
-    origins = model.support.origin
-    missing = [(i, int(o[6:])) for i, o in enumerate(origins)
-               if o.startswith("label:") and int(o[6:]) in label_ids and int(o[6:]) not in known]
+    # Label rows are few among thousands of reference rows: find them once per model.
+    labelled = model.evaluations.get("label_rows")
+    if labelled is None:
+        rows = np.flatnonzero(np.char.startswith(model.support.origin, "label:"))
+        labelled = [(int(i), int(model.support.origin[i][6:])) for i in rows]
+        model.evaluations["label_rows"] = labelled
+    missing = [(i, label_id) for i, label_id in labelled
+               if label_id in label_ids and label_id not in known]
     if missing:
         rows = np.array([i for i, _ in missing])
         out = model.classify(model.support.x[rows], exclude=rows)

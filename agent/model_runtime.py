@@ -67,6 +67,7 @@ class ModelRuntime:
         self._model: AlertModel | None = None
         self._version: ModelVersion | None = None
         self._canary: CanaryReport | None = None
+        self._canary_cache: tuple[int, int, str, np.ndarray, Any, Any] | None = None
         self._swap = threading.Lock()
         self._pinned = threading.local()
 
@@ -224,7 +225,20 @@ class ModelRuntime:
     def evaluate(self, model: AlertModel, *, earlier: set[int] | frozenset[int] = frozenset(),
                  new: set[int] | frozenset[int] = frozenset()) -> CanaryReport:
         return evaluate(model, self.split.canary, alpha=self.config.model.novel_false_alarm_rate,
-                        earlier_label_ids=earlier, new_label_ids=new)
+                        earlier_label_ids=earlier, new_label_ids=new,
+                        embeddings=self._canary_embeddings(model))
+
+    def _canary_embeddings(self, model: AlertModel) -> np.ndarray:
+        """The canary records in ``model``'s representation. It depends on the learner only,
+        not on the support set, so every candidate built on one learner reuses it."""
+        canary = self.split.canary
+        cached = self._canary_cache
+        if cached is None or cached[:3] != (id(canary), id(model.learner), model.algorithm):
+            # The ids are safe keys: the cache holds both objects, so neither id is reused.
+            cached = (id(canary), id(model.learner), model.algorithm, model.embed(canary.x),
+                      canary, model.learner)
+            self._canary_cache = cached
+        return cached[3]
 
     def _build(self, algorithm: str, learner: Any, support: Any) -> AlertModel:
         cfg = self.config.model
