@@ -52,6 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "examples" / "nsl-kdd"
 NEW_TYPE = "apache2"
 LEARNERS = ("knn", "memory", "protonet", "fomaml", "maml", "metasgd")
+ENSEMBLE = 3  # the memory learner's opt-in ensemble (model.members), measured beside it
 
 log = logging.getLogger("bench.adaptation")
 
@@ -73,12 +74,17 @@ def stream_and_few_labels(budgets: Sequence[int], episodes: int) -> dict[str, An
     _, split, stream = load(config)
     print(f"stream {stream.name}: {len(stream.y)} records, {int(stream.novel.sum())} of "
           f"novel types; enrolment {len(split.support)} labelled reference records", flush=True)
-    trained = train_learner(split.support.x, split.support.y,
-                            TrainingPlan(algorithm="memory", episodes=episodes,
-                                         benign_class=BENIGN, device="cpu"))
+
+    def memory(members: int) -> AlertModel:
+        trained = train_learner(split.support.x, split.support.y, TrainingPlan(
+            algorithm="memory", episodes=episodes, benign_class=BENIGN, device="cpu",
+            members=members))
+        return AlertModel.build("memory", trained.learner, split.support, benign_class=BENIGN)
+
+    default = memory(1)
     models = {
-        "memory (agent default)": AlertModel.build("memory", trained.learner, split.support,
-                                                   benign_class=BENIGN),
+        "memory (agent default, one member)": default,
+        f"memory, {ENSEMBLE} members (model.members: {ENSEMBLE})": memory(ENSEMBLE),
         "knn (agent, nothing meta-learned)": AlertModel.build("knn", None, split.support,
                                                               benign_class=BENIGN),
     }
@@ -91,8 +97,7 @@ def stream_and_few_labels(budgets: Sequence[int], episodes: int) -> dict[str, An
             result = model_loop(model, stream, budget, name, time.perf_counter)
             loops.append(result.as_dict())
             print(f"  {result}", flush=True)
-    few = [r.__dict__ for r in few_label_recall(models["memory (agent default)"], split.support,
-                                                stream)]
+    few = [r.__dict__ for r in few_label_recall(default, split.support, stream)]
     knn_few = few_label_recall(models["knn (agent, nothing meta-learned)"], split.support,
                                stream)
     few += [r.__dict__ for r in knn_few if r.method.startswith("knn")]
@@ -104,7 +109,7 @@ def stream_and_few_labels(budgets: Sequence[int], episodes: int) -> dict[str, An
 # --- 3: label -> serving through the agent ----------------------------------------------------
 
 
-def _agent_config(tmp: Path, learner: str, episodes: int) -> Any:
+def _agent_config(tmp: Path, learner: str, episodes: int, members: int | None = None) -> Any:
     from agent.config import parse_config
 
     data = yaml.safe_load((REPO / "agent.yaml").read_text())
@@ -115,6 +120,8 @@ def _agent_config(tmp: Path, learner: str, episodes: int) -> Any:
     data["logging"]["level"] = "WARNING"
     data["model"].update(learner=learner, training_episodes=episodes, device="cpu",
                          cache_dir=str(tmp / "models"))
+    if members is not None:
+        data["model"]["members"] = members
     return parse_config(yaml.safe_dump(data), base_dir=REPO)
 
 
@@ -141,15 +148,17 @@ def _examples(agent: Any, lines: list[str], name: str) -> int:
     return int(result.created_ids[0])
 
 
-def label_to_serving(learner: str, rounds: int, episodes: int) -> dict[str, Any]:
-    """Label five records, adapt, and score the next batch with the new version: per round."""
+def label_to_serving(learner: str, rounds: int, episodes: int, members: int | None = None
+                     ) -> dict[str, Any]:
+    """Label five records, adapt, and score the next batch with the new version: per round.
+    ``members`` overrides the memory learner's ensemble size (the agent's default otherwise)."""
     from agent.datafile import open_file_source
     from agent.service import Agent
 
     lines = _stream_lines()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        config = _agent_config(tmp, learner, episodes)
+        config = _agent_config(tmp, learner, episodes, members)
         started = time.perf_counter()
         agent = Agent(config)
         agent.prepare()
@@ -190,7 +199,9 @@ def label_to_serving(learner: str, rounds: int, episodes: int) -> dict[str, Any]
         agent.close()
     ms = np.asarray(durations) * 1000
     adapt_ms = np.asarray(adapt_only) * 1000
-    row = {"learner": learner, "rounds": rounds, "startup_s": startup,
+    size = config.model.members
+    name = learner if learner != "memory" else f"memory ({size} member{'s' * (size > 1)})"
+    row = {"learner": name, "rounds": rounds, "startup_s": startup,
            "statuses": {s: statuses.count(s) for s in set(statuses)},
            "serving_p50_ms": float(np.percentile(ms, 50)),
            "serving_p95_ms": float(np.percentile(ms, 95)),
@@ -388,6 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["latency"] = [label_to_serving(learner, rounds, 2000 if learner in
                                                ("knn", "memory", "protonet") else 1000)
                               for learner in learners]
+        results["latency"].append(label_to_serving("memory", rounds, 2000, members=ENSEMBLE))
     if "campaigns" not in args.skip:
         print("4. poisoned labelling campaigns", flush=True)
         seeds = (0,) if args.quick else (0, 1, 2, 3, 4)

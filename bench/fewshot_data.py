@@ -17,6 +17,7 @@ the repository.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
@@ -24,6 +25,7 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image
@@ -244,6 +246,20 @@ def load_nsl_kdd_novel_split(
         novel_classes,
     )
     return split
+
+
+@functools.cache
+def unlabelled_stream(which: Literal["train", "test"], root: Path | None = None) -> np.ndarray:
+    """Every record of KDDTrain+_20Percent or KDDTest+, encoded as the split encodes them
+    (fitted on KDDTrain+_20Percent), labels dropped: what an agent watching that traffic sees.
+    """
+    root = data_root() if root is None else root
+    numeric_names, symbolic_names = read_field_names(root)
+    train_records = read_nsl_kdd(root / "nsl-kdd" / NSL_TRAIN_FILE, root)
+    encoder = NslKddEncoder(numeric_names, symbolic_names).fit(train_records)
+    if which == "train":
+        return encoder.transform(train_records)
+    return encoder.transform(read_nsl_kdd(root / "nsl-kdd" / NSL_TEST_FILE, root))
 
 
 # --------------------------------------------------------------------------- Omniglot

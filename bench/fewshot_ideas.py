@@ -33,7 +33,7 @@ from threadpoolctl import threadpool_limits
 
 from bench.fewshot import FULL, QUICK, Budget, NslKddEpisodes, _machine, nsl_kdd_episodes
 from bench.fewshot_baselines import LinearHead, NearestNeighbour
-from bench.fewshot_data import LabelledSet
+from bench.fewshot_data import LabelledSet, unlabelled_stream
 from bench.fewshot_harness import (
     FewShotMethod,
     attack_log_odds,
@@ -49,6 +49,7 @@ from bench.fewshot_variants import (
     TransductiveSlots,
     l2_normalise,
     pseudo_classes,
+    with_pseudo_classes,
 )
 
 logger = logging.getLogger("bench.fewshot_ideas")
@@ -59,29 +60,40 @@ ENSEMBLE_SIZE = 5
 RAW_WEIGHTS = (0.0, 0.5, 1.0)
 STRENGTHS = (0.1, 1.0, 10.0)
 MODES = (10, 30)
+CLUSTERS = (100, 300)
+AGENT_MEMBERS = 3  # the opt-in ensemble of the live model (model.members: 3)
 REFERENCE_SIZES = (100, 1000)
 TASKS = ("5w1s", "5w5s")
 
 
 @dataclass(frozen=True)
 class Learned:
-    """How to meta-train one kind of memory learner: its training set and episode sampler."""
+    """How to meta-train one kind of memory learner: its training set, episode sampler,
+    ensemble members and encoder shape (hidden sizes, embedding width)."""
 
     data: Callable[[LabelledSet], LabelledSet]
     sampler: dict[str, Any]
+    members: int = 1
+    encoder: tuple[tuple[int, ...], int] = ((256, 128), 64)
 
 
 PLAIN = Learned(lambda d: d, {})
 
 
-def meta_train(data: LabelledSet, seed: int, episodes: int, sampler: dict[str, Any]) -> Any:
+def meta_train(data: LabelledSet, seed: int, episodes: int, sampler: dict[str, Any],
+               members: int = 1, encoder: tuple[tuple[int, ...], int] = PLAIN.encoder) -> Any:
+    """A memory learner; an ensemble's seed is ``seed * members`` so that rows trained from
+    seeds 0, 1, 2 hold disjoint members (seeds 0–2, 3–5, 6–8 for three members)."""
     from meta.encoders import EncoderSpec
     from meta.episodes import EpisodeSampler
     from meta.learners import build_learner
 
-    spec = EncoderSpec(kind="mlp", input_shape=(data.x.shape[1],), hidden=(256, 128),
-                       embedding_dim=64)
-    learner = build_learner("memory", spec, seed=seed, device="cpu")
+    hidden, width = encoder
+    spec = EncoderSpec(kind="mlp", input_shape=(data.x.shape[1],), hidden=hidden,
+                       embedding_dim=width)
+    seed *= members
+    learner = build_learner("memory", spec, seed=seed, device="cpu",
+                            **({"members": members} if members > 1 else {}))
     learner.meta_train(EpisodeSampler(data.x, data.y, ways=5, shots=5, queries=15, seed=seed,
                                       **sampler), episodes=episodes, meta_batch=16)
     return learner
@@ -101,7 +113,7 @@ class Runner:
         if key not in self._cache:
             base = self.e.stage_train if selection else self.e.train
             self._cache[key] = meta_train(kind.data(base), seed, self.training_episodes,
-                                          kind.sampler)
+                                          kind.sampler, kind.members, kind.encoder)
         return self._cache[key]
 
     def validation(self, method: FewShotMethod) -> float:
@@ -125,6 +137,20 @@ class Runner:
             result = evaluate_base_rate(method, x, self.e.base_rate_set.y, plans, max_fpr=0.01)
             out[f"base rate {key}"] = result.recall_at_fpr.mean
         return out
+
+
+def stream_kind(k: int, *, selection: bool = False) -> Learned:
+    """Training classes plus k-means clusters of an unlabelled stream as pseudo-classes.
+
+    The stream is every record of KDDTest+ (the novel attacks among them, unlabelled): the
+    agent sees its stream too, so this is self-supervision on it, transductive in that the
+    test episodes' records are in it. For the choice of ``k`` on validation the stream is
+    KDDTrain+_20Percent, which holds the validation classes the same way."""
+    def build(data: LabelledSet) -> LabelledSet:
+        stream = unlabelled_stream("train" if selection else "test")
+        return with_pseudo_classes(data, stream, clusters=k, seed=0)
+
+    return Learned(build, {})
 
 
 def reference_base_rate(runner: Runner, method: FewShotMethod, size: int, seed: int
@@ -196,6 +222,23 @@ def run(budget: Budget, seeds: int, progress: Callable[[str], None]) -> dict[str
     add(_row(f"ensemble of {members} seeds + raw 1-NN expert (w={weight})", [runner.test(
         SeedEnsemble([runner.learner("plain", PLAIN, s) for s in range(members)],
                      raw_weight=weight))], validation=scores))
+
+    members_kind = Learned(lambda d: d, {}, members=AGENT_MEMBERS)
+    add(_row(f"memory, {AGENT_MEMBERS} members in one model (model.members: {AGENT_MEMBERS})",
+             [runner.test(runner.learner("members", members_kind, s)) for s in seed_list]))
+    add(_row(f"ensemble of {AGENT_MEMBERS} separately trained learners (disjoint seeds)",
+             [runner.test(SeedEnsemble([runner.learner("plain", PLAIN, AGENT_MEMBERS * s + i)
+                                        for i in range(AGENT_MEMBERS)])) for s in seed_list]))
+    d_in = episodes.train.x.shape[1]
+    linear = Learned(lambda d: d, {}, encoder=((), d_in))
+    add(_row(f"memory with a linear encoder ({d_in} → {d_in}, no hidden layer)",
+             [runner.test(runner.learner("linear", linear, s)) for s in seed_list]))
+
+    clusters, scores = _choose(runner, CLUSTERS, lambda k: runner.learner(
+        f"stream{k}", stream_kind(k, selection=True), 0, selection=True), "stream clusters")
+    add(_row(f"pseudo-classes: the unlabelled test stream in {clusters} k-means clusters",
+             [runner.test(runner.learner(f"stream{clusters}", stream_kind(clusters), s))
+              for s in seed_list], validation=scores, transductive=True))
 
     add(_row("transductive: queries as soft memory slots (1 round)",
              [runner.test(TransductiveSlots(runner.learner("plain", PLAIN, s)))

@@ -136,6 +136,25 @@ class PrototypeFineTune:
         return ClassScores(lambda x: self.learner.project(x) @ weights + bias)
 
 
+def with_pseudo_classes(data: LabelledSet, stream: np.ndarray, *, clusters: int,
+                        min_records: int = 20, seed: int = 0) -> LabelledSet:
+    """``data`` plus the unlabelled ``stream`` cut into ``clusters`` k-means clusters, each
+    cluster of at least ``min_records`` records a new class (``stream#i``)."""
+    from sklearn.cluster import MiniBatchKMeans
+
+    assignment = MiniBatchKMeans(clusters, random_state=seed, n_init=3,
+                                 batch_size=4096).fit_predict(stream)
+    sizes = np.bincount(assignment, minlength=clusters)
+    kept = np.flatnonzero(sizes >= min_records)
+    member = np.isin(assignment, kept)
+    new_label = np.full(clusters, -1, np.int64)
+    new_label[kept] = len(data.class_names) + np.arange(len(kept))
+    return LabelledSet(
+        np.concatenate([data.x, stream[member].astype(data.x.dtype)]),
+        np.concatenate([data.y, new_label[assignment[member]]]),
+        (*data.class_names, *(f"stream#{c}" for c in kept)))
+
+
 def pseudo_classes(data: LabelledSet, *, records_per_mode: int = 60, max_modes: int = 10,
                    min_records: int = 20, seed: int = 0) -> LabelledSet:
     """Each class split by k-means into up to ``max_modes`` modes (one per ``records_per_mode``

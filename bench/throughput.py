@@ -65,18 +65,24 @@ def _config(tmp: Path, batch_size: int, model: dict[str, str] | None = None) -> 
     return parse_config(yaml.safe_dump(data), base_dir=REPO)
 
 
-def trained_model(directory: Path) -> dict[str, str]:
-    """Bootstrap the default model once (as the agent's first start does) for the runs."""
+def trained_model(directory: Path, members: int | None = None) -> dict[str, str]:
+    """Bootstrap the default model once (as the agent's first start does) for the runs;
+    ``members`` overrides the memory learner's ensemble size."""
     from agent.service import Agent
 
     data = yaml.safe_load((REPO / "agent.yaml").read_text())
     data["reference"]["path"] = str(SAMPLE / "reference.csv.gz")
     data["storage"]["url"] = f"sqlite:///{directory / 'bootstrap.db'}"
     data["model"].update(cache_dir=str(directory / "models"), device="cpu")
+    if members is not None:
+        data["model"]["members"] = members
     data["metrics"]["enabled"] = data["api"]["enabled"] = False
     config = parse_config(yaml.safe_dump(data), base_dir=REPO)
     agent = Agent(config)  # type: ignore[arg-type]
+    started = time.perf_counter()
     agent.prepare()
+    print(f"  bootstrap of the live model ({config.model.members} member(s)): "
+          f"{time.perf_counter() - started:.1f} s", flush=True)
     assert agent.runtime is not None and agent.runtime.version is not None
     sha = str(agent.runtime.version.base_sha256)
     agent.close()
@@ -229,6 +235,8 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=3,
                         help="Stream the 10,000-record sample this many times per run.")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "bench")
+    parser.add_argument("--members", type=int, default=None,
+                        help="Ensemble size of the live model's memory learner [agent default].")
     parser.add_argument("--all-cores", action="store_true",
                         help="Do not pin the process to one CPU core.")
     args = parser.parse_args()
@@ -245,7 +253,7 @@ def main() -> None:
     print("the same with the live model (memory learner, classifier on every record):",
           flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        model = trained_model(Path(tmp))
+        model = trained_model(Path(tmp), args.members)
         results["replay_live_model"] = bench_replay(args.repeats, args.batch_size, args.copies,
                                                     model)
         print("where the time goes, drift only:", flush=True)

@@ -22,6 +22,7 @@ from bench.fewshot_variants import (  # noqa: E402
     TransductiveSlots,
     l2_normalise,
     pseudo_classes,
+    with_pseudo_classes,
 )
 
 
@@ -126,6 +127,22 @@ def test_pseudo_classes_split_a_two_mode_class_and_keep_a_small_one_whole() -> N
     for name in ("wide#0", "wide#1"):
         members = split.x[split.y == split.class_names.index(name)]
         assert len(members) == 60 and np.ptp(members[:, 0]) < 5  # one mode each
+
+
+def test_stream_clusters_become_new_classes_after_the_labelled_ones() -> None:
+    rng = np.random.default_rng(1)
+    labelled = LabelledSet(rng.normal(0, 1, (30, 2)), np.repeat([0, 1], 15), ("normal", "scan"))
+    # Two dense groups of 40 and a stray handful of 5: the handful is too small for a class.
+    stream = np.vstack([rng.normal(-20, 0.2, (40, 2)), rng.normal(20, 0.2, (40, 2)),
+                        rng.normal((20, -20), 0.2, (5, 2))])
+    out = with_pseudo_classes(labelled, stream, clusters=3, min_records=20)
+    assert out.class_names[:2] == ("normal", "scan") and len(out.class_names) == 4
+    assert all(name.startswith("stream#") for name in out.class_names[2:])
+    np.testing.assert_array_equal(out.y[:30], labelled.y)
+    assert len(out.y) == 30 + 80  # the stray handful is left out
+    for label in (2, 3):
+        group = out.x[out.y == label]
+        assert len(group) == 40 and np.ptp(group[:, 0]) < 5
 
 
 def test_l2_normalise_gives_unit_rows_and_leaves_zero_rows_alone() -> None:
