@@ -10,13 +10,14 @@ inputs are checked before it serves.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from agent.config import load_config
+from agent.config import AgentConfig, load_config
 from agent.service import Agent
 from tests.integration.live_stream import (
     interleave,
@@ -54,6 +55,19 @@ def _label_five_of_the_novel_incident(agent: Agent) -> tuple[int, list[str]]:
     assert len(chosen) == 5, Counter(r.fields["label"] for r in examples)
     agent.store.apply_label(incident.id, NEW_TYPE, actor="ana", records=chosen)
     return incident.id, chosen
+
+
+@contextmanager
+def _restarted(config: AgentConfig, version: str | None) -> Iterator[Agent]:
+    """A fresh agent on the same config and database, checked to serve ``version``."""
+    restarted = Agent(config)
+    try:
+        restarted.prepare()
+        assert restarted.runtime is not None and restarted.runtime.version is not None
+        assert restarted.runtime.version.version == version
+        yield restarted
+    finally:
+        restarted.close()
 
 
 def test_a_new_type_is_flagged_then_named_after_five_labels(
@@ -97,15 +111,9 @@ def test_a_new_type_is_flagged_then_named_after_five_labels(
     finally:
         agent.close()
 
-    restarted = Agent(config)
-    try:
-        restarted.prepare()
-        assert restarted.runtime is not None and restarted.runtime.version is not None
-        assert restarted.runtime.version.version == outcome.version
+    with _restarted(config, outcome.version) as restarted:
         predicted, _ = served_answers(restarted, streams["part2_new"])
         assert (predicted == NEW_TYPE).mean() >= 0.8
-    finally:
-        restarted.close()
 
 
 def test_an_ensemble_model_is_bootstrapped_served_adapted_and_reloaded(
@@ -134,14 +142,10 @@ def test_an_ensemble_model_is_bootstrapped_served_adapted_and_reloaded(
         assert serving is not None
     finally:
         agent.close()
-    restarted = Agent(config)
-    try:
-        restarted.prepare()
-        assert restarted.runtime is not None and restarted.runtime.version is not None
-        assert restarted.runtime.version.version == serving.version
-        assert restarted.runtime.current().learner.members == 3
-    finally:
-        restarted.close()
+    with _restarted(config, serving.version) as restarted:
+        assert restarted.runtime is not None
+        reloaded = restarted.runtime.current()
+        assert reloaded is not None and reloaded.learner.members == 3
 
 
 def test_a_burst_of_one_attack_is_one_incident_with_a_count(
