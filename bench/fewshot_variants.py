@@ -13,6 +13,9 @@ learner and the raw-feature baselines on the same episodes, and kept only if it 
   classifier and fine-tuned on the support set, pulled towards its start (first order).
 - :func:`pseudo_classes`: the training classes split into their modes by k-means, so that
   meta-training sees many more, finer classes.
+- :func:`with_pseudo_classes`: the k-means clusters of an unlabelled stream added as classes
+  (self-supervision on what the agent sees; transductive when the stream holds the test
+  records).
 """
 
 from __future__ import annotations
