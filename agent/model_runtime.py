@@ -35,7 +35,7 @@ from agent.schema import Encoder
 from agent.support import ReferenceSplit, label_support, labels_digest, split_reference
 from agent.training import ProgressLog, TrainingPlan, image_shape_of, train_learner
 from detectors.base import FeatureBatch
-from meta.live import AlertModel, support_digest, version_digest
+from meta.live import AlertModel, SupportSet, support_digest, version_digest
 from storage import AGENT_ACTOR, ModelVersion, Store
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class ModelRuntime:
         self._model: AlertModel | None = None
         self._version: ModelVersion | None = None
         self._canary: CanaryReport | None = None
-        self._canary_cache: tuple[int, int, str, np.ndarray, Any, Any] | None = None
+        self._canary_cache: tuple[SupportSet, Any, str, np.ndarray] | None = None
         self._swap = threading.Lock()
         self._pinned = threading.local()
 
@@ -233,10 +233,9 @@ class ModelRuntime:
         not on the support set, so every candidate built on one learner reuses it."""
         canary = self.split.canary
         cached = self._canary_cache
-        if cached is None or cached[:3] != (id(canary), id(model.learner), model.algorithm):
-            # The ids are safe keys: the cache holds both objects, so neither id is reused.
-            cached = (id(canary), id(model.learner), model.algorithm, model.embed(canary.x),
-                      canary, model.learner)
+        if (cached is None or cached[0] is not canary or cached[1] is not model.learner
+                or cached[2] != model.algorithm):
+            cached = (canary, model.learner, model.algorithm, model.embed(canary.x))
             self._canary_cache = cached
         return cached[3]
 

@@ -144,13 +144,15 @@ class MemoryLearner(EpisodicLearner):
 
     def _keys_tensor(self, embedded: tf.Tensor) -> tf.Tensor:
         """Memory keys of encoder outputs; an ensemble's members side by side, each scaled."""
-        projection = self._variables["memory/projection"]
         if self.members == 1:
-            return tf.matmul(embedded, projection)
-        per_member = tf.reshape(embedded, [-1, self.members, self._member_dim])
-        keys = tf.einsum("nmd,mdk->nmk", per_member, projection)
-        scale = tf.exp(-0.5 * self._variables["memory/log_temperature"])[None, :, None]
-        return tf.reshape(keys * scale, [-1, self.members * projection.shape[-1]])
+            return tf.matmul(embedded, self._variables["memory/projection"])
+        per_member = tf.split(embedded, self.members, axis=-1)
+        return tf.concat([self._scaled_key(m, part) for m, part in enumerate(per_member)], -1)
+
+    def _scaled_key(self, member: int, embedded: tf.Tensor) -> tf.Tensor:
+        """Member ``member``'s key of its own embedding, divided by the root of its temperature."""
+        scale = tf.exp(-0.5 * self._variables["memory/log_temperature"][member])
+        return tf.matmul(embedded, self._variables["memory/projection"][member]) * scale
 
     def _project_tensor(self, x: tf.Tensor) -> tf.Tensor:
         return self._keys_tensor(self.encoder.forward(self._encoder_params(), x))
@@ -221,9 +223,8 @@ class MemoryLearner(EpisodicLearner):
         """Member ``member``'s scaled keys of ``x``, computed by that member alone."""
         encoder = self.encoder
         assert isinstance(encoder, MemberEncoders)
-        embedded = encoder.member.forward(encoder.split(self._encoder_params())[member], x)
-        scale = tf.exp(-0.5 * self._variables["memory/log_temperature"][member])
-        return tf.matmul(embedded, self._variables["memory/projection"][member]) * scale
+        return self._scaled_key(
+            member, encoder.member.forward(encoder.split(self._encoder_params())[member], x))
 
     def meta_train(self, train: EpisodeSampler, *, episodes: int, meta_batch: int = 16,
                    val: EpisodeSampler | None = None, val_every: int = 320,
