@@ -1,7 +1,8 @@
 """One persistent MQTT session: the paho client, its reconnections, and the messages it holds.
 
-paho's network thread connects, reconnects with capped backoff, and hands each message to
-``on_message``; everything else in the source runs on the pipeline's thread. This module is
+The network thread (`adapters._mqtt_network.NetworkLoop`) connects, reconnects on the
+`Outage` schedule, and has paho hand each message to ``on_message``; everything else in the
+source runs on the pipeline's thread. This module is
 the seam between the two. What it guarantees:
 
 * **Flow control.** The session asks the broker (MQTT 5 *Receive Maximum*) never to have more
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit
 
+from adapters._mqtt_network import NetworkLoop
 from adapters._outage import Outage
 from adapters.base import SourceError
 
@@ -135,17 +137,13 @@ class MqttSession:
         self._stopping = False
         self._ready = threading.Event()  # subscribed, or messages are waiting to be read
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                             protocol=mqtt.MQTTv5, manual_ack=True,
-                             reconnect_on_failure=True)
+                             protocol=mqtt.MQTTv5, manual_ack=True)
         if address.tls:
             client.tls_set()
         if address.username is not None:
             client.username_pw_set(address.username, address.password)
         client.connect_timeout = connect_timeout_s
-        client.reconnect_delay_set(min_delay=min(0.5, max_backoff_s),  # type: ignore[arg-type]
-                                   max_delay=max_backoff_s)  # type: ignore[arg-type]
         client.on_connect = self._on_connect
-        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
@@ -155,6 +153,9 @@ class MqttSession:
         self._properties = properties
         self._keepalive_s = keepalive_s
         self._client = client
+        self._network = NetworkLoop(client, name=f"mqtt-{client_id}",
+                                    retry_in_s=self.outage.wait_s,
+                                    on_connect_error=self._connect_failed)
 
     # --- state ------------------------------------------------------------------------------
 
@@ -177,7 +178,7 @@ class MqttSession:
         """
         self._client.connect_async(self.address.host, self.address.port, self._keepalive_s,
                                    clean_start=False, properties=self._properties)
-        self._client.loop_start()
+        self._network.start()
         return self._ready.wait(wait_s)
 
     def stop(self) -> None:
@@ -186,7 +187,7 @@ class MqttSession:
             self._stopping = True
             self._lock.notify_all()
         self._client.disconnect()
-        self._client.loop_stop()
+        self._network.stop()
 
     # --- messages ---------------------------------------------------------------------------
 
@@ -211,6 +212,7 @@ class MqttSession:
                 return False
             if delivery.qos > 0:
                 self._client.ack(delivery.mid, delivery.qos)
+                self._network.wake()
             return True
 
     # --- paho callbacks (network thread) ----------------------------------------------------
@@ -241,8 +243,8 @@ class MqttSession:
         options = SubscribeOptions(qos=1, retainHandling=1)
         client.subscribe([(topic, options) for topic in self.topics])
 
-    def _on_connect_fail(self, client: Any, userdata: Any) -> None:
-        self.outage.failed(ConnectionError(f"cannot connect to {self.address.shown()}"))
+    def _connect_failed(self, error: OSError) -> None:
+        self.outage.failed(ConnectionError(f"cannot connect to {self.address.shown()}: {error}"))
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:

@@ -22,7 +22,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -80,16 +80,12 @@ def prepare_session(client_id: str, topics: Iterable[str], *, port: int = MQTT_P
     client.on_subscribe = lambda *args: subscribed.set()
     properties = Properties(PacketTypes.CONNECT)
     properties.SessionExpiryInterval = expiry_s
-    client.connect(MQTT_HOST, port, clean_start=True, properties=properties)
-    client.loop_start()
-    try:
-        _wait(client.is_connected, "the connection")
+    client.connect_async(MQTT_HOST, port, clean_start=True, properties=properties)
+    with _network(client) as connected:
+        _wait(connected, "the connection")
         client.subscribe([(topic, 1) for topic in topics])
         if not subscribed.wait(10):
             raise AssertionError("the broker did not confirm the subscriptions")
-    finally:
-        client.disconnect()
-        client.loop_stop()
 
 
 def drop_session(client_id: str, *, port: int = MQTT_PORT) -> None:
@@ -106,14 +102,36 @@ def publish(topic: str, payloads: Iterable[bytes], *, port: int = MQTT_PORT, qos
             retain: bool = False) -> None:
     """Publish ``payloads`` in order and wait until the broker acknowledged each one."""
     client = _client(new_name("publisher"), port)
-    client.connect(MQTT_HOST, port)
-    client.loop_start()
-    try:
+    client.connect_async(MQTT_HOST, port)
+    with _network(client) as connected:
+        _wait(connected, "the connection")
         for payload in payloads:
             client.publish(topic, payload, qos=qos, retain=retain).wait_for_publish(10)
+
+
+@contextmanager
+def _network(client: Any) -> Iterator[Callable[[], bool]]:
+    """Carry ``client``'s traffic the way the agent does (never with paho's ``select()`` loop,
+    which fails once the test process holds 1024 file descriptors), then disconnect.
+
+    Yields whether the client is connected, which raises once the connection was refused.
+    """
+    from adapters._mqtt_network import NetworkLoop
+
+    refused: list[OSError] = []
+    loop = NetworkLoop(client, name="mqtt-test-client", on_connect_error=refused.append)
+
+    def connected() -> bool:
+        if refused:
+            raise AssertionError(f"cannot connect to the MQTT broker: {refused[0]}")
+        return bool(client.is_connected())
+
+    loop.start()
+    try:
+        yield connected
     finally:
         client.disconnect()
-        client.loop_stop()
+        loop.stop()
 
 
 def _wait(predicate: Any, what: str, timeout_s: float = 10.0) -> None:

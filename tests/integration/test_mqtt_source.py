@@ -8,6 +8,7 @@ default 127.0.0.1:1883) and deletes its session afterwards; without a broker it 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -199,3 +200,18 @@ def test_an_unreachable_broker_is_retried_in_the_background() -> None:
     assert time.monotonic() - started < 3
     assert source.reachable is False
     source.close()
+
+
+def test_a_process_holding_over_a_thousand_files_still_reads(names: Names) -> None:
+    """A socket numbered 1024 or higher (a busy agent holds that many files and sockets) is
+    one ``select()`` cannot watch: the source must connect, read and acknowledge anyway."""
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        mqtt_broker.publish(f"{names.topic}/a", payloads(20))
+        source = names.source()
+        source.open(None)
+        assert seqs(drain(source)) == list(range(20))
+        assert source.stream_stats.acked == 20
+    finally:
+        for descriptor in held:
+            os.close(descriptor)
