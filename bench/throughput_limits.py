@@ -18,6 +18,7 @@ import pstats
 import sqlite3
 import time
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 NUMERIC_CELLS = slice(4, 41)
@@ -90,7 +91,7 @@ def stage_profile(stream: Callable[[], object]) -> dict[str, float]:
 
 def report_storage(database: Path) -> dict[str, float]:
     """Bytes per stored drift report in an SQLite file (table and index pages, via dbstat)."""
-    with sqlite3.connect(database) as connection:
+    with closing(sqlite3.connect(database)) as connection:
         reports = connection.execute(
             "SELECT count(*), sum(rejected) FROM drift_reports").fetchone()
         pages = connection.execute(

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 import orjson
@@ -42,7 +43,7 @@ def _committed(db: Path, source: str) -> tuple[int, int]:
     if not db.exists():
         return 0, 0
     try:
-        with sqlite3.connect(db, timeout=1) as conn:
+        with closing(sqlite3.connect(db, timeout=1)) as conn:
             row = conn.execute("SELECT position FROM source_offsets WHERE source = ?",
                                (source,)).fetchone()
     except sqlite3.OperationalError:  # tables not created yet

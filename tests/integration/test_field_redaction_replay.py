@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -94,7 +95,7 @@ def test_redacted_values_never_reach_the_database_or_a_sink(
                if f["name"] == "src_ip"]
     assert all(s["category"] == "[redacted]" for f in shifted for s in f["category_shifts"])
 
-    with sqlite3.connect(tmp_path / "metasentry.db") as db:
+    with closing(sqlite3.connect(tmp_path / "metasentry.db")) as db:
         tables = ["incidents", "incident_records", "drift_reports", "quarantine", "alert_outbox"]
         stored = {t: json.dumps(db.execute(f"SELECT * FROM {t}").fetchall()) for t in tables}
     assert "[redacted]" in stored["quarantine"], stored["quarantine"]

@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,7 @@ def committed(db: Path, name: str = "telemetry") -> int:
     if not db.exists():
         return 0
     try:
-        with sqlite3.connect(db, timeout=1) as conn:
+        with closing(sqlite3.connect(db, timeout=1)) as conn:
             row = conn.execute("SELECT position FROM source_offsets WHERE source = ?",
                                (name,)).fetchone()
     except sqlite3.OperationalError:  # tables not created yet

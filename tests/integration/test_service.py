@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -150,7 +151,7 @@ def test_sigterm_exits_zero_and_leaves_database_consistent(
 
     config = load_config(config_path, need_token=False)
     db = Path(config.storage_url().removeprefix("sqlite:///"))
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     store = Store(config.storage_url())
     assert store.at_head()
