@@ -25,6 +25,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from bench.fewshot import FULL, QUICK, Budget, NslKddEpisodes, _machine, nsl_kdd_episodes
+from bench.fewshot_augment import AugmentedSampler, AugmentKind, RecordAugmentation
 from bench.fewshot_baselines import LinearHead, NearestNeighbour
 from bench.fewshot_data import LabelledSet, unlabelled_stream
 from bench.fewshot_harness import (
@@ -60,6 +62,7 @@ ENSEMBLE_SIZE = 5
 RAW_WEIGHTS = (0.0, 0.5, 1.0)
 STRENGTHS = (0.1, 1.0, 10.0)
 MODES = (10, 30)
+AUGMENT_STRENGTHS = (0.1, 0.3)
 CLUSTERS = (100, 300)
 AGENT_MEMBERS = 3  # the opt-in ensemble of the live model (model.members: 3)
 REFERENCE_SIZES = (100, 1000)
@@ -94,8 +97,9 @@ def meta_train(data: LabelledSet, seed: int, episodes: int, sampler: dict[str, A
     seed *= members
     learner = build_learner("memory", spec, seed=seed, device="cpu",
                             **({"members": members} if members > 1 else {}))
-    learner.meta_train(EpisodeSampler(data.x, data.y, ways=5, shots=5, queries=15, seed=seed,
-                                      **sampler), episodes=episodes, meta_batch=16)
+    sampler_type = AugmentedSampler if "augment" in sampler else EpisodeSampler
+    learner.meta_train(sampler_type(data.x, data.y, ways=5, shots=5, queries=15, seed=seed,
+                                    **sampler), episodes=episodes, meta_batch=16)
     return learner
 
 
@@ -151,6 +155,13 @@ def stream_kind(k: int, *, selection: bool = False) -> Learned:
         return with_pseudo_classes(data, stream, clusters=k, seed=0)
 
     return Learned(build, {})
+
+
+def augmented_learner(runner: Runner, kind: AugmentKind, strength: float, seed: int,
+                      *, selection: bool = False) -> Any:
+    """A memory learner meta-trained on episodes changed by `RecordAugmentation`."""
+    learned = Learned(lambda d: d, {"augment": RecordAugmentation(kind, strength)})
+    return runner.learner(f"{kind}{strength}", learned, seed, selection=selection)
 
 
 def reference_base_rate(runner: Runner, method: FewShotMethod, size: int, seed: int
@@ -258,6 +269,16 @@ def run(budget: Budget, seeds: int, progress: Callable[[str], None]) -> dict[str
     add(_row(f"pseudo-classes: training classes split into up to {modes} k-means modes",
              [runner.test(runner.learner(f"modes{modes}", modes_kind(modes), s))
               for s in seed_list], validation=scores))
+
+    augmentations: tuple[tuple[AugmentKind, str], ...] = (
+        ("mask", "task augmentation: features masked per episode, plus noise"),
+        ("mix", "task augmentation: records mixed within their class"))
+    for augment, label in augmentations:
+        strength, scores = _choose(runner, AUGMENT_STRENGTHS, partial(
+            augmented_learner, runner, augment, seed=0, selection=True), f"{augment} strength")
+        add(_row(f"{label} (strength {strength})",
+                 [runner.test(augmented_learner(runner, augment, strength, s))
+                  for s in seed_list], validation=scores))
 
     benign_index = episodes.train.class_names.index("normal")
     for label, sampler in (

@@ -1,0 +1,123 @@
+"""Task augmentation: the episodes are the plain sampler's, only their records change, and each
+augmentation changes them the way it says (no training, no data files)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+if str(REPO) not in sys.path:  # bench/ is a tool beside the installed packages, not one of them
+    sys.path.insert(0, str(REPO))
+
+from bench.fewshot_augment import (  # noqa: E402
+    AugmentedSampler,
+    GlyphAugmentation,
+    RecordAugmentation,
+)
+from meta.episodes import EpisodeBatch, EpisodeSampler  # noqa: E402
+
+RNG = np.random.default_rng(0)
+
+
+def records(classes: int = 6, per_class: int = 12, features: int = 8) -> tuple[np.ndarray,
+                                                                                np.ndarray]:
+    x = RNG.normal(size=(classes * per_class, features)).astype(np.float32)
+    return x, np.repeat(np.arange(classes), per_class)
+
+
+def test_an_augmented_sampler_draws_the_plain_samplers_episodes_and_changes_only_records(
+) -> None:
+    x, y = records()
+    plain = EpisodeSampler(x, y, ways=3, shots=2, queries=3, seed=4).sample_batch(5)
+    changed = AugmentedSampler(x, y, ways=3, shots=2, queries=3, seed=4,
+                               augment=RecordAugmentation("mask", 0.3)).sample_batch(5)
+    assert changed.classes == plain.classes
+    np.testing.assert_array_equal(changed.support_y, plain.support_y)
+    np.testing.assert_array_equal(changed.query_y, plain.query_y)
+    assert changed.support_x.shape == plain.support_x.shape
+    assert changed.support_x.dtype == plain.support_x.dtype
+    assert not np.allclose(changed.query_x, plain.query_x)
+
+
+def batch_of(support_x: np.ndarray, support_y: np.ndarray, query_x: np.ndarray,
+             query_y: np.ndarray) -> EpisodeBatch:
+    tasks = len(support_x)
+    return EpisodeBatch(support_x=support_x, support_y=support_y, query_x=query_x,
+                        query_y=query_y, classes=tuple(("a", "b"),) * tasks)
+
+
+def test_masking_hides_the_same_features_in_every_record_of_an_episode() -> None:
+    x, _ = records(features=400)
+    support, query = x[:4].reshape(2, 2, 400), x[4:12].reshape(2, 4, 400)
+    labels = np.array([[0, 1], [0, 1]]), np.array([[0, 0, 1, 1], [0, 0, 1, 1]])
+    out = RecordAugmentation("mask", 0.3)(batch_of(support, labels[0], query, labels[1]),
+                                          np.random.default_rng(1))
+    for task in range(2):
+        hidden = np.concatenate([out.support_x[task], out.query_x[task]]) == 0
+        assert (hidden.all(axis=0) == hidden.any(axis=0)).all(), "a feature hidden for some only"
+        assert 0.2 < hidden[0].mean() < 0.4
+    hidden_in = [np.flatnonzero(out.support_x[t, 0] == 0) for t in range(2)]
+    assert not np.array_equal(*hidden_in), "each episode hides its own features"
+
+
+def test_mixing_keeps_records_between_members_of_their_class_on_their_side() -> None:
+    # One-dimensional records: class 0 at 0 and 1, class 1 at 10 and 11 (support), 20 and 21
+    # for class 1's queries, so a record pulled across sides or classes would show.
+    support = np.array([[[0.0], [1.0], [10.0], [11.0]]])
+    query = np.array([[[0.0], [1.0], [20.0], [21.0]]])
+    labels = np.array([[0, 0, 1, 1]])
+    out = RecordAugmentation("mix", 0.5)(batch_of(support, labels, query, labels),
+                                         np.random.default_rng(2))
+    assert ((0 <= out.support_x[0, :2]) & (out.support_x[0, :2] <= 1)).all()
+    assert ((10 <= out.support_x[0, 2:]) & (out.support_x[0, 2:] <= 11)).all()
+    assert ((20 <= out.query_x[0, 2:]) & (out.query_x[0, 2:] <= 21)).all()
+
+
+def test_a_class_with_one_record_on_its_side_is_not_mixed() -> None:
+    support = np.array([[[3.0], [7.0]]])
+    out = RecordAugmentation("mix", 0.9)(
+        batch_of(support, np.array([[0, 1]]), support, np.array([[0, 1]])),
+        np.random.default_rng(3))
+    np.testing.assert_array_equal(out.support_x, support)
+
+
+@pytest.mark.parametrize("kind, strength", [("drop", 0.1), ("mask", 0.0), ("mix", 1.0)])
+def test_record_augmentation_checks_its_arguments(kind: str, strength: float) -> None:
+    with pytest.raises(ValueError):
+        RecordAugmentation(kind, strength)  # type: ignore[arg-type]
+
+
+def glyphs() -> np.ndarray:
+    """Two 9×9 images per task for 2 tasks: a dot off centre, one per class."""
+    images = np.zeros((2, 2, 9, 9, 1), np.float32)
+    images[:, 0, 2, 6] = 1.0
+    images[:, 1, 6, 3] = 1.0
+    return images
+
+
+def test_glyph_augmentation_with_no_ranges_is_the_identity() -> None:
+    images = glyphs()
+    none = GlyphAugmentation(class_rotation_deg=0, class_scale=0, class_shear=0,
+                             image_shift_px=0, image_rotation_deg=0, image_scale=0)
+    labels = np.array([[0, 1], [0, 1]])
+    out = none(batch_of(images, labels, images, labels), np.random.default_rng(0))
+    np.testing.assert_allclose(out.support_x, images, atol=1e-6)
+    np.testing.assert_allclose(out.query_x, images, atol=1e-6)
+
+
+def test_a_class_map_moves_all_its_images_alike_and_each_class_differently() -> None:
+    images = glyphs()
+    class_only = GlyphAugmentation(class_rotation_deg=40, class_scale=0.3, class_shear=0.3,
+                                   image_shift_px=0, image_rotation_deg=0, image_scale=0)
+    labels = np.array([[0, 1], [0, 1]])
+    out = class_only(batch_of(images, labels, images, labels), np.random.default_rng(5))
+    for task in range(2):
+        for label in range(2):  # the support image and the identical query image
+            np.testing.assert_allclose(out.support_x[task, label], out.query_x[task, label],
+                                       atol=1e-6)
+    assert not np.allclose(out.support_x[0], out.support_x[1]), "tasks draw their own maps"
+    assert out.support_x.sum() > 0, "the ink stays in the frame"
