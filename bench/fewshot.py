@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from bench.fewshot_augment import Augmentation, AugmentedSampler
 from bench.fewshot_baselines import (
     LinearHead,
     NearestCentroid,
@@ -206,10 +207,18 @@ def _meta_train(
     val: LabelledSet | None = None,
     val_ways: int = 5,
     val_every: int = 320,
+    augment: Augmentation | None = None,
 ) -> dict[str, Any]:
+    """Meta-train ``learner`` on ``train``'s episodes (changed by ``augment`` when given, see
+    `bench.fewshot_augment`) and summarise its training."""
     from meta.episodes import EpisodeSampler
 
-    sampler = EpisodeSampler(train.x, train.y, ways=ways, shots=shots, queries=queries, seed=seed)
+    if augment is None:
+        sampler = EpisodeSampler(train.x, train.y, ways=ways, shots=shots, queries=queries,
+                                 seed=seed)
+    else:
+        sampler = AugmentedSampler(train.x, train.y, ways=ways, shots=shots, queries=queries,
+                                   seed=seed, augment=augment)
     val_sampler = None
     if val is not None:
         val_sampler = EpisodeSampler(
