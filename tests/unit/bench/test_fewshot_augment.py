@@ -1,5 +1,6 @@
 """Task augmentation: the episodes are the plain sampler's, only their records change, and each
-augmentation changes them the way it says (no training, no data files)."""
+augmentation changes them the way it says; and the test-time support shifts of the Omniglot
+ideas (no training, no data files)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,14 @@ from bench.fewshot_augment import (  # noqa: E402
     AugmentedSampler,
     GlyphAugmentation,
     RecordAugmentation,
+)
+from bench.fewshot_baselines import NearestCentroid  # noqa: E402
+from bench.fewshot_omniglot_ideas import (  # noqa: E402
+    SHIFTS,
+    ShiftedPrototypes,
+    markdown,
+    shift_stack,
+    shifted,
 )
 from meta.episodes import EpisodeBatch, EpisodeSampler  # noqa: E402
 
@@ -121,3 +130,50 @@ def test_a_class_map_moves_all_its_images_alike_and_each_class_differently() -> 
                                        atol=1e-6)
     assert not np.allclose(out.support_x[0], out.support_x[1]), "tasks draw their own maps"
     assert out.support_x.sum() > 0, "the ink stays in the frame"
+
+
+# --- test-time support shifts (bench/fewshot_omniglot_ideas.py) ---------------------------
+
+
+def test_a_shift_moves_ink_by_whole_pixels_and_drops_what_leaves_the_frame() -> None:
+    images = np.zeros((1, 4, 4, 1), np.float32)
+    images[0, 1, 2] = 1.0
+    images[0, 0, 3] = 2.0  # on the edge the shift leaves by
+    out = shifted(images, -1, 1)  # up one row, right one column
+    assert out[0, 0, 3, 0] == 1.0
+    assert out.sum() == 1.0
+    np.testing.assert_array_equal(shifted(images, 0, 0), images)
+
+
+def test_shifted_prototypes_with_one_copy_are_nearest_centroid() -> None:
+    x = RNG.normal(size=(12, 5))
+    y = np.repeat(np.arange(4), 3)
+    queries = RNG.normal(size=(7, 5))
+    np.testing.assert_allclose(ShiftedPrototypes(copies=1).adapt(x, y).logits(queries),
+                               NearestCentroid().adapt(x, y).logits(queries))
+
+
+def test_a_shifted_prototype_averages_the_copies_and_queries_use_the_image_itself() -> None:
+    def embed(images: np.ndarray) -> np.ndarray:  # where the ink is: row and column
+        flat = images.reshape(len(images), -1)
+        return np.stack([flat @ np.repeat(np.arange(5.0), 5), flat @ np.tile(np.arange(5.0), 5)],
+                        axis=1)
+
+    image = np.zeros((1, 5, 5, 1))
+    image[0, 2, 2] = 1.0
+    stack = shift_stack(embed, image)
+    assert stack.shape == (1, 2 * len(SHIFTS))
+    model = ShiftedPrototypes().adapt(stack, np.array([0]))
+    # The nine copies average back to the centre; a query is scored on its first block only.
+    np.testing.assert_allclose(model.logits(stack), [[0.0]])
+
+
+def test_the_omniglot_ideas_report_has_a_row_per_idea() -> None:
+    accuracy = {"mean": 0.9, "ci95": 0.01}
+    row = {"idea": "protonet", "training": {"episodes_run": 960}, "validation_20w1s": accuracy,
+           "test_20w1s": accuracy, "official_runs": accuracy}
+    text = markdown({"rows": [row, row | {"idea": "augmented"}], "ways": 20,
+                     "training_episodes": 960, "seed": 0, "validation_episodes": 200,
+                     "test_episodes": 600})
+    assert "| protonet | 960 | 90.0 ± 1.0 | 90.0 ± 1.0 | 90.0 ± 1.0 |" in text
+    assert "| augmented |" in text
