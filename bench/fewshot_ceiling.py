@@ -25,15 +25,13 @@ Writes ``fewshot_ceiling.json`` and ``fewshot_ceiling.md`` to ``--out`` (docs/be
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from bench.fewshot import _machine
 from bench.fewshot_baselines import LinearHead, NearestNeighbour
@@ -48,6 +46,7 @@ from bench.fewshot_harness import (
     recall_at_fpr,
 )
 from bench.fewshot_ideas import EPISODES, meta_train
+from bench.fewshot_report import run_and_write
 
 logger = logging.getLogger("bench.fewshot_ceiling")
 
@@ -196,19 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    started = time.perf_counter()
-
-    def progress(message: str) -> None:
-        logger.info("%s (%.0f s)", message, time.perf_counter() - started)
-
-    with threadpool_limits(limits=2):
-        result = run(args.seeds, progress)
-    result["seconds"] = round(time.perf_counter() - started, 1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "fewshot_ceiling.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "fewshot_ceiling.md").write_text(markdown(result))
-    progress(f"wrote {args.out / 'fewshot_ceiling.md'}")
+    run_and_write("fewshot_ceiling", args.out, partial(run, args.seeds), markdown,
+                  logger=logger)
     return 0
 
 

@@ -20,9 +20,7 @@ Outputs in ``--out``: ``fewshot_ideas.json``, ``fewshot_ideas.md``, ``fewshot_id
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -30,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from bench.fewshot import FULL, QUICK, Budget, NslKddEpisodes, _machine, nsl_kdd_episodes
 from bench.fewshot_augment import AugmentedSampler, AugmentKind, RecordAugmentation
@@ -45,6 +42,7 @@ from bench.fewshot_harness import (
     mean_with_ci,
     recall_at_fpr,
 )
+from bench.fewshot_report import run_and_write
 from bench.fewshot_variants import (
     PrototypeFineTune,
     SeedEnsemble,
@@ -364,21 +362,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    started = time.perf_counter()
-
-    def progress(message: str) -> None:
-        logger.info("%s (%.0f s)", message, time.perf_counter() - started)
-
-    with threadpool_limits(limits=2):
-        result = run(QUICK if args.quick else FULL, 2 if args.quick else args.seeds, progress)
-    result["seconds"] = round(time.perf_counter() - started, 1)
-    suffix = "_quick" if args.quick else ""
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"fewshot_ideas{suffix}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / f"fewshot_ideas{suffix}.md").write_text(markdown(result))
-    plot(result, args.out / f"fewshot_ideas{suffix}.png")
-    progress(f"wrote {args.out / f'fewshot_ideas{suffix}.md'}")
+    budget, seeds = (QUICK, 2) if args.quick else (FULL, args.seeds)
+    run_and_write("fewshot_ideas" + ("_quick" if args.quick else ""), args.out,
+                  partial(run, budget, seeds), markdown, plot=plot, logger=logger)
     return 0
 
 

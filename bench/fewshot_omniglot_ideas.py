@@ -28,15 +28,13 @@ Outputs in ``--out``: ``fewshot_omniglot_ideas.json`` and ``fewshot_omniglot_ide
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from bench.fewshot import FULL, QUICK, Budget, _build_learner, _machine, _meta_train
 from bench.fewshot_augment import Augmentation, GlyphAugmentation
@@ -50,6 +48,7 @@ from bench.fewshot_data import (
     with_rotations,
 )
 from bench.fewshot_harness import evaluate_accuracy, mean_with_ci, plan_episodes
+from bench.fewshot_report import run_and_write
 
 logger = logging.getLogger("bench.fewshot_omniglot_ideas")
 
@@ -189,21 +188,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    started = time.perf_counter()
-
-    def progress(message: str) -> None:
-        logger.info("%s (%.0f s)", message, time.perf_counter() - started)
-
-    with threadpool_limits(limits=2):
-        result = run(QUICK if args.quick else FULL, args.seed, progress)
-    result["seconds"] = round(time.perf_counter() - started, 1)
-    suffix = "_quick" if args.quick else ""
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"fewshot_omniglot_ideas{suffix}.json").write_text(
-        json.dumps(result, indent=1) + "\n")
-    (args.out / f"fewshot_omniglot_ideas{suffix}.md").write_text(markdown(result))
-    progress(f"wrote {args.out / f'fewshot_omniglot_ideas{suffix}.md'}")
+    run_and_write("fewshot_omniglot_ideas" + ("_quick" if args.quick else ""), args.out,
+                  partial(run, QUICK if args.quick else FULL, args.seed), markdown,
+                  logger=logger)
     return 0
 
 

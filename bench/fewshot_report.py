@@ -6,6 +6,10 @@ retraining anything.
 
 from __future__ import annotations
 
+import json
+import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -181,3 +185,32 @@ def write_plots(results: dict[str, Any], out: Path, *, suffix: str = "") -> None
         fig.tight_layout()
         fig.savefig(out / f"fewshot_latency{suffix}.png", dpi=110)
         plt.close(fig)
+
+
+Progress = Callable[[str], None]
+
+
+def run_and_write(name: str, out: Path, study: Callable[[Progress], dict[str, Any]],
+                  markdown: Callable[[dict[str, Any]], str], *,
+                  plot: Callable[[dict[str, Any], Path], None] | None = None,
+                  logger: logging.Logger) -> dict[str, Any]:
+    """Run one few-shot study on two threads, logging its progress timed from the start, then
+    write ``name``.json, ``name``.md (and ``name``.png with ``plot``) into ``out``."""
+    from threadpoolctl import threadpool_limits
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    started = time.perf_counter()
+
+    def progress(message: str) -> None:
+        logger.info("%s (%.0f s)", message, time.perf_counter() - started)
+
+    with threadpool_limits(limits=2):
+        result = study(progress)
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / f"{name}.md").write_text(markdown(result))
+    if plot is not None:
+        plot(result, out / f"{name}.png")
+    progress(f"wrote {out / f'{name}.md'}")
+    return result
