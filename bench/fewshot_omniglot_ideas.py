@@ -56,11 +56,11 @@ OUT = Path(__file__).resolve().parents[1] / "docs" / "bench"
 SHIFTS = tuple((dy, dx) for dy in (0, -1, 1) for dx in (0, -1, 1))
 """Support-image shifts in pixels; the first is the image itself."""
 JITTER_ONLY = GlyphAugmentation(class_rotation_deg=0.0, class_scale=0.0, class_shear=0.0)
-TRAININGS: tuple[tuple[str, Augmentation | None], ...] = (
-    ("protonet, 20-way episodes", None),
-    ("+ class maps and per-image jitter while meta-training", GlyphAugmentation()),
-    ("+ per-image jitter only while meta-training", JITTER_ONLY),
-)
+TRAININGS: dict[str, tuple[str, Augmentation | None]] = {
+    "plain": ("protonet, 20-way episodes", None),
+    "glyph": ("+ class maps and per-image jitter while meta-training", GlyphAugmentation()),
+    "jitter": ("+ per-image jitter only while meta-training", JITTER_ONLY),
+}
 
 
 def shifted(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
@@ -109,12 +109,18 @@ def official_accuracy(method: Any, runs: Sequence[OmniglotRun],
     return {"mean": summary.mean, "ci95": summary.ci95, "per_run": per_run}
 
 
-def run(budget: Budget, seed: int, progress: Callable[[str], None]) -> dict[str, Any]:
+def run(budget: Budget, seed: int, progress: Callable[[str], None], *,
+        trainings: Sequence[str] = tuple(TRAININGS), episodes: int | None = None
+        ) -> dict[str, Any]:
+    """Meta-train each of ``trainings`` (keys of `TRAININGS`) for ``episodes`` at most (the
+    main benchmark's 20-way budget by default) and score it with and without support
+    shifts."""
     characters = load_omniglot_background()
     split = split_characters(characters, n_validation=30, n_test=40, seed=seed)
     train = with_rotations(split.train)
     runs = load_omniglot_runs()
-    ways, episodes = budget.omniglot_wide_protonet
+    ways, budget_episodes = budget.omniglot_wide_protonet
+    episodes = episodes or budget_episodes
     plans = {
         "validation_20w1s": (split.validation, plan_episodes(
             split.validation.y, ways=20, shots=1, queries=5, n_episodes=budget.val_episodes,
@@ -124,7 +130,8 @@ def run(budget: Budget, seed: int, progress: Callable[[str], None]) -> dict[str,
             seed=seed)),
     }
     rows: list[dict[str, Any]] = []
-    for name, augment in TRAININGS:
+    for key in trainings:
+        name, augment = TRAININGS[key]
         learner, training = _train(train, split.validation, budget, seed, ways, episodes, augment)
         progress(f"{name}: meta-trained, {training['episodes_run']} episodes")
         for suffix, method, features in (
@@ -186,11 +193,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--episodes", type=int, default=None,
+                        help="training budget per model (default: the main benchmark's 20-way "
+                             "budget); a report with another budget gets it in its file name")
+    parser.add_argument("--trainings", default=",".join(TRAININGS),
+                        help=f"which to meta-train, of {', '.join(TRAININGS)}")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
-    run_and_write("fewshot_omniglot_ideas" + ("_quick" if args.quick else ""), args.out,
-                  partial(run, QUICK if args.quick else FULL, args.seed), markdown,
-                  logger=logger)
+    trainings = [t for t in args.trainings.split(",") if t]
+    unknown = sorted(set(trainings) - set(TRAININGS))
+    if unknown:
+        parser.error(f"unknown trainings {unknown}; choose from {list(TRAININGS)}")
+    name = "fewshot_omniglot_ideas" + ("_quick" if args.quick else "") + (
+        f"_{args.episodes}" if args.episodes else "")
+    run_and_write(name, args.out, partial(run, QUICK if args.quick else FULL, args.seed,
+                                          trainings=trainings, episodes=args.episodes),
+                  markdown, logger=logger)
     return 0
 
 
