@@ -3,7 +3,7 @@
 
 Run from the repository root::
 
-    nice -n 10 .venv/bin/python -m bench.fewshot_omniglot_ideas            # about 30 min, 2 cores
+    nice -n 10 .venv/bin/python -m bench.fewshot_omniglot_ideas            # 30–45 min on 2 cores
     nice -n 10 .venv/bin/python -m bench.fewshot_omniglot_ideas --quick    # smoke run
 
 Ideas:
@@ -139,8 +139,8 @@ def run(budget: Budget, seed: int, progress: Callable[[str], None], *,
                 (", test-time support shifts", ShiftedPrototypes(),
                  lambda x, embed=learner.embed: shift_stack(embed, x))):
             row: dict[str, Any] = {"idea": name + suffix, "training": training}
-            for key, (data, episode_plans) in plans.items():
-                row[key] = _accuracy(method, features, data, episode_plans)
+            for plan_name, (data, episode_plans) in plans.items():
+                row[plan_name] = _accuracy(method, features, data, episode_plans)
             row["official_runs"] = official_accuracy(method, runs, features)
             rows.append(row)
             progress(f"{row['idea']}: official runs {100 * row['official_runs']['mean']:.1f} %, "
