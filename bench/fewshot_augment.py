@@ -10,14 +10,15 @@ Only training episodes are changed; validation and test episodes never are. Two 
   new classes, without being limited to four rotations.
 * **Records** (`RecordAugmentation`, NSL-KDD). ``"mask"``: one random set of features is hidden
   (set to 0, the fitting mean of a z-scored field and "no value" of a one-hot one) in a whole
-  episode, and every record gets Gaussian noise: the episode must be solved without the
-  features the learner leans on most. ``"mix"``: each record is moved towards another record
+  episode, and every record gets Gaussian noise: each episode must be solved without some of
+  the features the learner could lean on. ``"mix"``: each record is moved towards another record
   of its class from the same side of the episode (support with support, queries with
   queries), the within-class interpolation of mixup that keeps labels exact.
 
-`AugmentedSampler` is an `meta.episodes.EpisodeSampler` whose batches pass through one of
+`AugmentedSampler` is a `meta.episodes.EpisodeSampler` whose batches pass through one of
 them; its augmentation generator is seeded apart from the episode draws, so the episodes
-themselves are the plain sampler's.
+themselves are the plain sampler's. (Its state is not part of a training checkpoint: the
+benchmarks never resume one.)
 """
 
 from __future__ import annotations
