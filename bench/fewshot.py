@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from bench.fewshot_augment import Augmentation, AugmentedSampler
+from bench.fewshot_augment import Augmentation, episode_sampler
 from bench.fewshot_baselines import (
     LinearHead,
     NearestCentroid,
@@ -49,6 +49,7 @@ from bench.fewshot_baselines import (
 )
 from bench.fewshot_data import (
     LabelledSet,
+    OmniglotRun,
     load_nsl_kdd_novel_split,
     load_omniglot_background,
     load_omniglot_runs,
@@ -58,6 +59,7 @@ from bench.fewshot_data import (
 from bench.fewshot_harness import (
     EpisodePlan,
     FewShotMethod,
+    MeanWithCI,
     evaluate_accuracy,
     evaluate_base_rate,
     materialise,
@@ -213,12 +215,8 @@ def _meta_train(
     `bench.fewshot_augment`) and summarise its training."""
     from meta.episodes import EpisodeSampler
 
-    if augment is None:
-        sampler = EpisodeSampler(train.x, train.y, ways=ways, shots=shots, queries=queries,
-                                 seed=seed)
-    else:
-        sampler = AugmentedSampler(train.x, train.y, ways=ways, shots=shots, queries=queries,
-                                   seed=seed, augment=augment)
+    sampler = episode_sampler(train.x, train.y, augment=augment, ways=ways, shots=shots,
+                              queries=queries, seed=seed)
     val_sampler = None
     if val is not None:
         val_sampler = EpisodeSampler(
@@ -581,6 +579,26 @@ def _latency(learner: Any, data: LabelledSet, budget: Budget, seed: int) -> Any:
 # --------------------------------------------------------------------------- Omniglot
 
 
+def official_run_predictions(method: FewShotMethod, runs: Sequence[OmniglotRun],
+                             transform: Any = None) -> list[np.ndarray]:
+    """Predicted labels of each official run's test glyphs, adapted to its training glyphs
+    (both passed through ``transform`` first when given, e.g. an embedding)."""
+    predictions = []
+    for run in runs:
+        sx = run.support_x if transform is None else transform(run.support_x)
+        qx = run.query_x if transform is None else transform(run.query_x)
+        predictions.append(np.argmax(method.adapt(sx, run.support_y).predict_proba(qx), 1))
+    return predictions
+
+
+def official_run_accuracy(method: FewShotMethod, runs: Sequence[OmniglotRun],
+                          transform: Any = None) -> tuple[MeanWithCI, list[float]]:
+    """Accuracy on each official run, and their mean with its 95 % CI over runs."""
+    per_run = [float(np.mean(predicted == run.query_y)) for predicted, run in
+               zip(official_run_predictions(method, runs, transform), runs, strict=True)]
+    return mean_with_ci(per_run), per_run
+
+
 def run_omniglot(budget: Budget, learners: Sequence[str], seed: int) -> dict[str, Any]:
     logger.info("== Omniglot (small background sets)")
     characters = load_omniglot_background()
@@ -614,14 +632,6 @@ def run_omniglot(budget: Budget, learners: Sequence[str], seed: int) -> dict[str
     )
     accuracy: dict[str, dict[str, Any]] = {"5w1s": {}, "20w1s": {}, "official_runs": {}}
 
-    def official_runs(method: FewShotMethod, transform: Any = None) -> list[np.ndarray]:
-        predictions = []
-        for run in runs:
-            sx = run.support_x if transform is None else transform(run.support_x)
-            qx = run.query_x if transform is None else transform(run.query_x)
-            predictions.append(np.argmax(method.adapt(sx, run.support_y).predict_proba(qx), 1))
-        return predictions
-
     def score_everywhere(
         name: str, method: FewShotMethod, transform: Any = None, max_20way: int | None = None
     ) -> None:
@@ -629,11 +639,7 @@ def run_omniglot(budget: Budget, learners: Sequence[str], seed: int) -> dict[str
         for key in ("5w1s", "20w1s"):
             limit = max_20way if key == "20w1s" else None
             _score(accuracy[key], name, method, (x, test.y), plans[key][:limit], key)
-        per_run = [
-            float(np.mean(predicted == run.query_y))
-            for predicted, run in zip(official_runs(method, transform), runs, strict=True)
-        ]
-        summary = mean_with_ci(per_run)
+        summary, per_run = official_run_accuracy(method, runs, transform)
         accuracy["official_runs"][name] = {
             "mean": summary.mean,
             "ci95": summary.ci95,
@@ -710,8 +716,8 @@ def run_omniglot(budget: Budget, learners: Sequence[str], seed: int) -> dict[str
                 # exactly ProtoNet's adapt; embedding the test images once instead of per
                 # episode saves minutes. The official runs check that the two paths agree.
                 score_everywhere(algorithm, NearestCentroid(), learner.embed)
-                direct = official_runs(LearnerMethod(learner, algorithm))
-                shortcut = official_runs(NearestCentroid(), learner.embed)
+                direct = official_run_predictions(LearnerMethod(learner, algorithm), runs)
+                shortcut = official_run_predictions(NearestCentroid(), runs, learner.embed)
                 agreement = float(np.mean(np.concatenate(direct) == np.concatenate(shortcut)))
                 learner_results[algorithm]["adapt_vs_embedding_agreement"] = agreement
                 learner_results[algorithm]["validation_20way"] = evaluate_accuracy(

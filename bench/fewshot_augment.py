@@ -48,6 +48,14 @@ class AugmentedSampler(EpisodeSampler):
         return self._augment(super().sample_batch(tasks), self._augment_rng)
 
 
+def episode_sampler(x: np.ndarray, y: np.ndarray, *, augment: Augmentation | None = None,
+                    **options: Any) -> EpisodeSampler:
+    """A training sampler: plain, or an `AugmentedSampler` when ``augment`` is given."""
+    if augment is None:
+        return EpisodeSampler(x, y, **options)
+    return AugmentedSampler(x, y, augment=augment, **options)
+
+
 def _joined(batch: EpisodeBatch) -> tuple[np.ndarray, np.ndarray]:
     """Support and query records side by side per task, with their episode labels."""
     return (np.concatenate([batch.support_x, batch.query_x], axis=1),

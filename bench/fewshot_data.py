@@ -212,13 +212,9 @@ def load_nsl_kdd_novel_split(
     """
     if min_train_records < 1 or min_novel_records < 1:
         raise ValueError("Minimum record counts must be positive.")
-    root = data_root() if root is None else root
-    numeric_names, symbolic_names = read_field_names(root)
-    train_records = read_nsl_kdd(root / "nsl-kdd" / NSL_TRAIN_FILE, root)
-    test_records = read_nsl_kdd(root / "nsl-kdd" / NSL_TEST_FILE, root)
-    encoder = NslKddEncoder(numeric_names, symbolic_names).fit(train_records)
-    train_x = encoder.transform(train_records)
-    test_x = encoder.transform(test_records)
+    encoded = _encoded_nsl_kdd(data_root() if root is None else root)
+    train_records, test_records = encoded.train_records, encoded.test_records
+    train_x, test_x = encoded.train_x, encoded.test_x
 
     train_names, train_counts = np.unique(train_records.labels, return_counts=True)
     train_classes = sorted(
@@ -236,7 +232,7 @@ def load_nsl_kdd_novel_split(
         train=_labelled(train_x, train_records.labels, train_classes),
         novel=_labelled(test_x, test_records.labels, novel_classes),
         benign_test=test_x[test_records.labels == BENIGN_LABEL],
-        feature_names=encoder.feature_names,
+        feature_names=encoded.feature_names,
     )
     logger.info(
         "NSL-KDD split: %d features, %d training classes, %d novel classes %s",
@@ -248,18 +244,33 @@ def load_nsl_kdd_novel_split(
     return split
 
 
-@functools.cache
 def unlabelled_stream(which: Literal["train", "test"], root: Path | None = None) -> np.ndarray:
     """Every record of KDDTrain+_20Percent or KDDTest+, encoded as the split encodes them
     (fitted on KDDTrain+_20Percent), labels dropped: what an agent watching that traffic sees.
     """
-    root = data_root() if root is None else root
+    encoded = _encoded_nsl_kdd(data_root() if root is None else root)
+    return encoded.train_x if which == "train" else encoded.test_x
+
+
+@dataclass(frozen=True)
+class _EncodedNslKdd:
+    train_records: NslKddRecords
+    test_records: NslKddRecords
+    train_x: np.ndarray
+    test_x: np.ndarray
+    feature_names: tuple[str, ...]
+
+
+@functools.cache
+def _encoded_nsl_kdd(root: Path) -> _EncodedNslKdd:
+    """Both files read and encoded once per process, the encoder fitted on
+    KDDTrain+_20Percent (the split and the unlabelled streams share them)."""
     numeric_names, symbolic_names = read_field_names(root)
     train_records = read_nsl_kdd(root / "nsl-kdd" / NSL_TRAIN_FILE, root)
+    test_records = read_nsl_kdd(root / "nsl-kdd" / NSL_TEST_FILE, root)
     encoder = NslKddEncoder(numeric_names, symbolic_names).fit(train_records)
-    if which == "train":
-        return encoder.transform(train_records)
-    return encoder.transform(read_nsl_kdd(root / "nsl-kdd" / NSL_TEST_FILE, root))
+    return _EncodedNslKdd(train_records, test_records, encoder.transform(train_records),
+                          encoder.transform(test_records), encoder.feature_names)
 
 
 # --------------------------------------------------------------------------- Omniglot

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from bench.fewshot import FULL, QUICK, Budget, NslKddEpisodes, _machine, nsl_kdd_episodes
-from bench.fewshot_augment import AugmentedSampler, AugmentKind, RecordAugmentation
+from bench.fewshot_augment import AugmentKind, RecordAugmentation, episode_sampler
 from bench.fewshot_baselines import LinearHead, NearestNeighbour
 from bench.fewshot_data import LabelledSet, unlabelled_stream
 from bench.fewshot_harness import (
@@ -86,7 +86,6 @@ def meta_train(data: LabelledSet, seed: int, episodes: int, sampler: dict[str, A
     """A memory learner; an ensemble's seed is ``seed * members`` so that rows trained from
     seeds 0, 1, 2 hold disjoint members (seeds 0–2, 3–5, 6–8 for three members)."""
     from meta.encoders import EncoderSpec
-    from meta.episodes import EpisodeSampler
     from meta.learners import build_learner
 
     hidden, width = encoder
@@ -95,9 +94,8 @@ def meta_train(data: LabelledSet, seed: int, episodes: int, sampler: dict[str, A
     seed *= members
     learner = build_learner("memory", spec, seed=seed, device="cpu",
                             **({"members": members} if members > 1 else {}))
-    sampler_type = AugmentedSampler if "augment" in sampler else EpisodeSampler
-    learner.meta_train(sampler_type(data.x, data.y, ways=5, shots=5, queries=15, seed=seed,
-                                    **sampler), episodes=episodes, meta_batch=16)
+    learner.meta_train(episode_sampler(data.x, data.y, ways=5, shots=5, queries=15, seed=seed,
+                                       **sampler), episodes=episodes, meta_batch=16)
     return learner
 
 

@@ -36,9 +36,17 @@ from typing import Any
 
 import numpy as np
 
-from bench.fewshot import FULL, QUICK, Budget, _build_learner, _machine, _meta_train
+from bench.fewshot import (
+    FULL,
+    QUICK,
+    Budget,
+    _build_learner,
+    _machine,
+    _meta_train,
+    official_run_accuracy,
+)
 from bench.fewshot_augment import Augmentation, GlyphAugmentation
-from bench.fewshot_baselines import ClassScores, squared_distances
+from bench.fewshot_baselines import ClassScores, NearestCentroid
 from bench.fewshot_data import (
     LabelledSet,
     OmniglotRun,
@@ -47,7 +55,7 @@ from bench.fewshot_data import (
     split_characters,
     with_rotations,
 )
-from bench.fewshot_harness import evaluate_accuracy, mean_with_ci, plan_episodes
+from bench.fewshot_harness import evaluate_accuracy, plan_episodes
 from bench.fewshot_report import run_and_write
 
 logger = logging.getLogger("bench.fewshot_omniglot_ideas")
@@ -90,22 +98,15 @@ class ShiftedPrototypes:
         self.copies = copies
 
     def adapt(self, support_x: np.ndarray, support_y: np.ndarray) -> ClassScores:
-        ways = int(support_y.max()) + 1
         blocks = support_x.reshape(len(support_x), self.copies, -1).mean(axis=1)
-        onehot = (support_y[:, None] == np.arange(ways)[None, :]).astype(np.float64)
-        prototypes = (onehot.T @ blocks) / onehot.sum(0)[:, None]
-        width = prototypes.shape[1]
-        return ClassScores(lambda x: -squared_distances(x[:, :width], prototypes))
+        centroids = NearestCentroid().adapt(blocks, support_y)
+        width = blocks.shape[1]
+        return ClassScores(lambda x: centroids.logits(x[:, :width]))
 
 
 def official_accuracy(method: Any, runs: Sequence[OmniglotRun],
                       features: Callable[[np.ndarray], np.ndarray]) -> dict[str, Any]:
-    per_run = []
-    for run in runs:
-        model = method.adapt(features(run.support_x), run.support_y)
-        predicted = np.argmax(model.predict_proba(features(run.query_x)), axis=1)
-        per_run.append(float(np.mean(predicted == run.query_y)))
-    summary = mean_with_ci(per_run)
+    summary, per_run = official_run_accuracy(method, runs, features)
     return {"mean": summary.mean, "ci95": summary.ci95, "per_run": per_run}
 
 

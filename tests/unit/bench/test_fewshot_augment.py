@@ -18,6 +18,7 @@ from bench.fewshot_augment import (  # noqa: E402
     AugmentedSampler,
     GlyphAugmentation,
     RecordAugmentation,
+    episode_sampler,
 )
 from bench.fewshot_baselines import NearestCentroid  # noqa: E402
 from bench.fewshot_omniglot_ideas import (  # noqa: E402
@@ -50,6 +51,16 @@ def test_an_augmented_sampler_draws_the_plain_samplers_episodes_and_changes_only
     assert changed.support_x.shape == plain.support_x.shape
     assert changed.support_x.dtype == plain.support_x.dtype
     assert not np.allclose(changed.query_x, plain.query_x)
+
+
+def test_a_training_sampler_is_augmented_only_when_asked() -> None:
+    x, y = records()
+    plain = episode_sampler(x, y, ways=3, shots=2, queries=3, seed=4)
+    changed = episode_sampler(x, y, augment=RecordAugmentation("mix", 0.3), ways=3, shots=2,
+                              queries=3, seed=4)
+    assert type(plain) is EpisodeSampler
+    assert isinstance(changed, AugmentedSampler)
+    assert not np.allclose(plain.sample_batch(2).query_x, changed.sample_batch(2).query_x)
 
 
 def batch_of(support_x: np.ndarray, support_y: np.ndarray, query_x: np.ndarray,
