@@ -574,7 +574,7 @@ class ModelConfig(_Model):
     seed: int = 0
     # Memory learner only: members meta-trained from seeds seed, seed+1, ... and read as one
     # memory. Opt-in: better base-rate recall and more attack alarms, but more benign alarms
-    # before labels and fewer newly labelled records named (docs/bench/fewshot.md).
+    # before labels (docs/bench/fewshot.md).
     members: int = Field(default=1, ge=1, le=16)
 
     @model_validator(mode="after")

@@ -82,11 +82,12 @@ def stream_and_few_labels(budgets: Sequence[int], episodes: int) -> dict[str, An
         return AlertModel.build("memory", trained.learner, split.support, benign_class=BENIGN)
 
     default = memory(1)
+    ensemble = memory(ENSEMBLE)
+    knn = AlertModel.build("knn", None, split.support, benign_class=BENIGN)
     models = {
         "memory (agent default, one member)": default,
-        f"memory, {ENSEMBLE} members (model.members: {ENSEMBLE})": memory(ENSEMBLE),
-        "knn (agent, nothing meta-learned)": AlertModel.build("knn", None, split.support,
-                                                              benign_class=BENIGN),
+        f"memory, {ENSEMBLE} members (model.members: {ENSEMBLE})": ensemble,
+        "knn (agent, nothing meta-learned)": knn,
     }
     loops = []
     for budget in budgets:
@@ -97,10 +98,12 @@ def stream_and_few_labels(budgets: Sequence[int], episodes: int) -> dict[str, An
             result = model_loop(model, stream, budget, name, time.perf_counter)
             loops.append(result.as_dict())
             print(f"  {result}", flush=True)
-    few = [r.__dict__ for r in few_label_recall(default, split.support, stream)]
-    knn_few = few_label_recall(models["knn (agent, nothing meta-learned)"], split.support,
-                               stream)
-    few += [r.__dict__ for r in knn_few if r.method.startswith("knn")]
+    few = [r.__dict__ for r in few_label_recall(default, split.support, stream,
+                                                name="memory (agent, one member)")]
+    for name, model in ((f"memory (agent, {ENSEMBLE} members)", ensemble),
+                        ("knn (agent)", knn)):
+        few += [r.__dict__ for r in few_label_recall(model, split.support, stream, name=name,
+                                                     baselines=False)]
     for row in few:
         print(f"  few labels: {row}", flush=True)
     return {"stream": stream.name, "records": len(stream.y), "loops": loops, "few_labels": few}
@@ -284,16 +287,22 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     """Write the figures; sections skipped in this run keep their previous figures."""
     out.mkdir(parents=True, exist_ok=True)
     previous = out / "adaptation.json"
+    kept = results.setdefault("kept_from_earlier_runs", {})
     if previous.is_file():
         earlier = json.loads(previous.read_text())
         for section in ("stream", "latency", "campaigns"):
             if section not in results and section in earlier:
                 results[section] = earlier[section]
+                kept[section] = earlier.get("kept_from_earlier_runs", {}).get(
+                    section, earlier["machine"])
     (out / "adaptation.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     lines = ["# The analyst loop, measured", "",
              f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores. "
              f"Command: `nice -n 10 .venv/bin/python -m bench.adaptation"
              f"{' --quick' if results['quick'] else ''}`.", ""]
+    for section, machine in kept.items():
+        lines += [f"The {section} section is kept from an earlier run on {machine['cpu']}, "
+                  f"{machine['cores']} cores.", ""]
     if "stream" in results:
         stream = results["stream"]
         lines += [f"## Stream loop ({stream['stream']}, {stream['records']} records, chunks of "
@@ -307,10 +316,16 @@ def write_report(results: dict[str, Any], out: Path) -> None:
                          f"{r['attack_alarm_rate']:.1%} | {r['novel_alarm_rate']:.1%} | "
                          f"{r['novel_named']:.1%} | {auroc} |")
         lines += ["", "## A newly labelled type after k labels (mean over the novel types with "
-                  "at least 100 records)", "", "| method | labels | recall | benign false-alarm "
-                  "rate |", "|---|---:|---:|---:|"]
+                  "at least 100 records)", "",
+                  "Recall: later records of the type predicted as it. Named, not novel: those "
+                  "of them not also flagged novel, which the agent files in the type's named "
+                  "incident (baselines have no novelty verdict).", "",
+                  "| method | labels | recall | named, not novel | benign false-alarm rate |",
+                  "|---|---:|---:|---:|---:|"]
         for r in stream["few_labels"]:
+            kept = r.get("named_not_novel")
             lines.append(f"| {r['method']} | {r['labels']} | {r['recall']:.1%} | "
+                         f"{'–' if kept is None else f'{kept:.1%}'} | "
                          f"{r['benign_false_alarm_rate']:.2%} |")
     if "latency" in results:
         lines += ["", "## Label → serving (5 labels of a new class; screening, enrolment, "

@@ -177,10 +177,14 @@ class FewLabelResult:
     types: int
     recall: float  # mean over novel types of recall on that type's later records
     benign_false_alarm_rate: float
+    # The agent's models only: recall counting only records not also flagged novel (those go
+    # to a "novel" incident, not the type's named one). Baselines have no novelty verdict.
+    named_not_novel: float | None = None
 
 
 def few_label_recall(model: AlertModel, support: SupportSet, stream: Stream,
                      shots: tuple[int, ...] = (1, 5, 10), min_records: int = 100,
+                     name: str | None = None, baselines: bool = True,
                      ) -> list[FewLabelResult]:
     """Recall of a newly labelled type after k labels, and the benign false-alarm rate.
 
@@ -188,16 +192,18 @@ def few_label_recall(model: AlertModel, support: SupportSet, stream: Stream,
     order are labelled and enrolled, and the type's remaining records are classified (recall =
     predicted as that type); the benign records of the stream give the false-alarm rate.
     Baselines get the same labels: 1-NN on raw features, and a logistic head retrained on the
-    reference plus the labels.
+    reference plus the labels. ``name`` names the model's rows (default: "<algorithm>
+    (agent)").
     """
     from sklearn.linear_model import LogisticRegression
 
     types = [t for t in np.unique(stream.y[stream.novel])
              if (stream.y == t).sum() >= min_records]
     benign_rows = np.flatnonzero(stream.y == BENIGN)
+    agent = name or f"{model.algorithm} (agent)"
     results = []
     for k in shots:
-        per_method: dict[str, list[tuple[float, float]]] = {}
+        per_method: dict[str, list[tuple[float, ...]]] = {}
         for label in types:
             rows = np.flatnonzero(stream.y == label)
             labelled, rest = rows[:k], rows[k:]
@@ -205,10 +211,14 @@ def few_label_recall(model: AlertModel, support: SupportSet, stream: Stream,
             adapted = model.with_records(extra)
             evaluate_rows = np.concatenate([rest, benign_rows])
             out = adapted.classify(stream.x[evaluate_rows])
-            flagged = (out.novelty_p <= ALPHA) | (out.predicted.astype(str) != BENIGN)
-            per_method.setdefault(f"{model.algorithm} (agent)", []).append(
-                (float((out.predicted[: rest.size].astype(str) == label).mean()),
-                 float(flagged[rest.size:].mean())))
+            novel = out.novelty_p <= ALPHA
+            flagged = novel | (out.predicted.astype(str) != BENIGN)
+            named = out.predicted[: rest.size].astype(str) == label
+            per_method.setdefault(agent, []).append(
+                (float(named.mean()), float(flagged[rest.size:].mean()),
+                 float((named & ~novel[: rest.size]).mean())))
+            if not baselines:
+                continue
             x = np.concatenate([support.x, stream.x[labelled]])
             y = np.concatenate([support.y, stream.y[labelled]])
             distance = _distances(stream.x[evaluate_rows], x)
@@ -224,9 +234,10 @@ def few_label_recall(model: AlertModel, support: SupportSet, stream: Stream,
                  float((guess[rest.size:] != BENIGN).mean())))
         for method, values in per_method.items():
             array = np.asarray(values)
-            results.append(FewLabelResult(method=method, labels=k, types=len(types),
-                                          recall=float(array[:, 0].mean()),
-                                          benign_false_alarm_rate=float(array[:, 1].mean())))
+            results.append(FewLabelResult(
+                method=method, labels=k, types=len(types), recall=float(array[:, 0].mean()),
+                benign_false_alarm_rate=float(array[:, 1].mean()),
+                named_not_novel=float(array[:, 2].mean()) if array.shape[1] > 2 else None))
     return results
 
 

@@ -23,7 +23,12 @@ Calibration scores are computed without letting a record vote for itself: leave-
 memory-style learners (exact and incremental as labels arrive), K-fold cross-fitting for the
 others. Classes with fewer than ``min_class_calibration`` scores use the pooled scores of
 every class, so a class enrolled from five analyst labels is judged on a sample big enough to
-mean something.
+mean something. Five labels cannot give a tail, but they do give a scale: for memory-style
+learners, an attack class whose labelled records lie further apart than the pooled scores'
+typical gap is judged on the pooled scores stretched by that ratio (its *spread*). Without it a
+type learnt from five spread-out labels had a fifth of its later records reported ``novel``
+instead of named, and the stretch can never silence an alarm: a record predicted as an attack
+class raises one whatever its novelty. The benign class is never stretched.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -121,17 +126,26 @@ class Classification:
 
 @dataclass(frozen=True)
 class NoveltyCalibration:
-    """Per-class calibration scores for the open-set p-value."""
+    """Per-class calibration scores for the open-set p-value.
+
+    ``spread`` holds, for classes judged on the pooled scores, the factor (> 1) those scores
+    are stretched by: how much further apart the class's own labelled records lie than the
+    pooled scores' median (see :func:`_class_spread`).
+    """
 
     scores: dict[str, np.ndarray]  # sorted, per class
     pooled: np.ndarray  # sorted, every class together
     min_class_records: int
+    spread: dict[str, float] = field(default_factory=dict)
+
+    def judged_on_own(self, label: str) -> bool:
+        own = self.scores.get(label)
+        return own is not None and own.size >= self.min_class_records
 
     def reference_scores(self, label: str) -> np.ndarray:
-        own = self.scores.get(label)
-        if own is not None and own.size >= self.min_class_records:
-            return own
-        return self.pooled
+        if self.judged_on_own(label):
+            return self.scores[label]
+        return self.pooled * self.spread.get(label, 1.0)
 
     def p_values(self, predicted: np.ndarray, novelty: np.ndarray) -> np.ndarray:
         """``(1 + #{calibration scores >= s}) / (n + 1)`` against the predicted class's scores."""
@@ -139,10 +153,14 @@ class NoveltyCalibration:
         predicted = np.asarray(predicted).astype(str)
         for label in np.unique(predicted):
             rows = predicted == label
-            reference = self.reference_scores(str(label))
+            if self.judged_on_own(str(label)):
+                reference, scaled = self.scores[str(label)], novelty[rows]
+            else:  # stretching the pooled scores is shrinking the novelty: no copy per batch
+                reference = self.pooled
+                scaled = novelty[rows] / self.spread.get(str(label), 1.0)
             if reference.size == 0:
                 continue
-            at_least = reference.size - np.searchsorted(reference, novelty[rows], side="left")
+            at_least = reference.size - np.searchsorted(reference, scaled, side="left")
             p[rows] = (1.0 + at_least) / (reference.size + 1.0)
         return p
 
@@ -240,7 +258,10 @@ class AlertModel:
         keys = _representation(algorithm, learner, support.x)
         if algorithm in MEMORY_STYLE:
             loo = _leave_one_out_distance(keys)
-            calibration = _calibration_from(support.y, loo, min_class_calibration)
+            calibration = _calibration_from(support.y, loo, min_class_calibration,
+                                            spread=_class_spread(support.y, keys, loo,
+                                                                 min_class_calibration,
+                                                                 benign_class))
             return cls(algorithm, learner, support, benign_class=benign_class, keys=keys,
                        calibration=calibration, loo_novelty=loo,
                        temperature=_temperature(algorithm, learner, loo))
@@ -284,7 +305,9 @@ class AlertModel:
         new_keys = _representation(self.algorithm, self.learner, extra.x)
         keys = np.concatenate([self._keys, new_keys])
         loo = _extended_spacing(self._keys, self._loo_novelty, new_keys)
-        calibration = _calibration_from(support.y, loo, minimum)
+        calibration = _calibration_from(
+            support.y, loo, minimum,
+            spread=_class_spread(support.y, keys, loo, minimum, self.benign_class))
         return AlertModel(self.algorithm, self.learner, support, benign_class=self.benign_class,
                           keys=keys, calibration=calibration, loo_novelty=loo,
                           temperature=self._temperature)
@@ -596,15 +619,46 @@ def _extended_spacing(keys: np.ndarray, spacing: np.ndarray, new_keys: np.ndarra
     return np.concatenate([np.minimum(spacing, closer), own])
 
 
-def _calibration_from(labels: np.ndarray, scores: np.ndarray, minimum: int
-                      ) -> NoveltyCalibration:
+def _calibration_from(labels: np.ndarray, scores: np.ndarray, minimum: int, *,
+                      spread: dict[str, float] | None = None) -> NoveltyCalibration:
     finite = np.isfinite(scores)
     per_class = {
         str(label): np.sort(scores[(labels == label) & finite])
         for label in np.unique(labels)
     }
     return NoveltyCalibration(scores=per_class, pooled=np.sort(scores[finite]),
-                              min_class_records=minimum)
+                              min_class_records=minimum, spread=spread or {})
+
+
+def _class_spread(labels: np.ndarray, keys: np.ndarray, loo: np.ndarray, minimum: int,
+                  benign_class: str) -> dict[str, float]:
+    """How much further apart each small attack class's records lie than the pooled scores.
+
+    A memory-style learner's novelty is the distance to the nearest labelled record, and a
+    class's later records are that far from its nearest *own* labelled record when they are
+    named. With only a few labels (fewer than ``minimum``) that distance is typically larger
+    than for the reference's dense classes, which dominate the pooled scores. The spread is
+    the median distance from each of the class's records to its nearest classmate over the
+    median pooled score, kept only above 1: a compact class is judged as strictly as the pooled
+    scores say, never more. Classes with one record have no classmate to measure, and the
+    benign class is left out: loosening it would silence alarms, where stretching an attack
+    class only moves records from a ``novel`` incident to a named one.
+    """
+    finite = loo[np.isfinite(loo)]
+    if finite.size == 0:
+        return {}
+    typical = float(np.median(finite))
+    if typical <= 0.0:
+        return {}
+    spread: dict[str, float] = {}
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        if str(label) == benign_class or not 2 <= rows.size < minimum:
+            continue
+        ratio = float(np.median(_leave_one_out_distance(keys[rows]))) / typical
+        if ratio > 1.0:
+            spread[str(label)] = ratio
+    return spread
 
 
 def _temperature(algorithm: str, learner: Any, loo: np.ndarray) -> float:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from meta.live import AlertModel, SupportSet, support_digest, version_digest
+from meta.live import (
+    AlertModel,
+    NoveltyCalibration,
+    SupportSet,
+    support_digest,
+    version_digest,
+)
 
 
 def _support(rng: np.random.Generator, n_normal: int = 400, n_scan: int = 150) -> SupportSet:
@@ -36,6 +42,45 @@ def test_far_records_are_novel_and_named_after_enrolment() -> None:
     assert "tunnel" in adapted.classes and "tunnel" not in model.classes
     later = adapted.classify(new_kind[5:])
     assert (later.predicted.astype(str) == "tunnel").all()
+
+
+def _labelled(x: np.ndarray, label: str) -> SupportSet:
+    return SupportSet(x=x, y=[label] * len(x), origin=[f"label:{i}" for i in range(len(x))],
+                      numeric=x, categorical=np.zeros((len(x), 0)))
+
+
+def test_a_type_learnt_from_five_spread_out_labels_is_named_not_novel() -> None:
+    """The pooled scores come from dense reference classes; five labels of a broad type lie
+    further apart, and the type's later records are judged on the pooled scores stretched by
+    that spread instead of being reported novel for being as far from a label as they are."""
+    rng = np.random.default_rng(4)
+    model = AlertModel.build("knn", None, _support(rng), benign_class="normal")
+    broad = rng.normal([0.0, 25.0, 0.0, 25.0], 3.0, (400, 4))
+    adapted = model.with_records(_labelled(broad[:5], "tunnel"))
+    assert adapted.calibration.spread["tunnel"] > 1.5
+    later = adapted.classify(broad[5:])
+    named = later.predicted.astype(str) == "tunnel"
+    assert named.mean() > 0.95
+    assert (later.novelty_p[named] <= 0.01).mean() < 0.1
+    pooled_only = NoveltyCalibration(scores=adapted.calibration.scores,
+                                     pooled=adapted.calibration.pooled, min_class_records=100)
+    assert (pooled_only.p_values(later.predicted, later.novelty)[named] <= 0.01).mean() > 0.5
+
+
+def test_the_spread_never_loosens_the_benign_class_or_tightens_a_compact_one() -> None:
+    rng = np.random.default_rng(5)
+    support = _support(rng, n_normal=8, n_scan=300)
+    benign_scale = SupportSet(x=support.x * np.where(support.y == "normal", 6.0, 1.0)[:, None],
+                              y=support.y, origin=support.origin, numeric=support.x,
+                              categorical=support.categorical)
+    model = AlertModel.build("knn", None, benign_scale, benign_class="normal")
+    assert "normal" not in model.calibration.spread
+    compact = _labelled(rng.normal([0.0, 25.0, 0.0, 25.0], 0.01, (5, 4)), "tunnel")
+    adapted = model.with_records(compact)
+    assert "tunnel" not in adapted.calibration.spread
+    far = np.array([[0.0, 40.0, 0.0, 40.0]])
+    out = adapted.classify(far)
+    assert out.predicted[0] == "tunnel" and out.novelty_p[0] <= 0.01
 
 
 def test_incremental_enrolment_matches_a_full_rebuild() -> None:
