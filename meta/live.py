@@ -651,13 +651,14 @@ def _class_spread(labels: np.ndarray, keys: np.ndarray, loo: np.ndarray, minimum
     if typical <= 0.0:
         return {}
     spread: dict[str, float] = {}
-    for label in np.unique(labels):
-        rows = np.flatnonzero(labels == label)
-        if str(label) == benign_class or not 2 <= rows.size < minimum:
+    names, index, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    for label in np.flatnonzero((counts >= 2) & (counts < minimum)):
+        if str(names[label]) == benign_class:
             continue
+        rows = np.flatnonzero(index == label)
         ratio = float(np.median(_leave_one_out_distance(keys[rows]))) / typical
         if ratio > 1.0:
-            spread[str(label)] = ratio
+            spread[str(names[label])] = ratio
     return spread
 
 
