@@ -782,9 +782,12 @@ def _machine() -> dict[str, Any]:
 
     import tensorflow as tf
 
+    from bench.machine import cpu_model
+
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "tensorflow": tf.__version__,

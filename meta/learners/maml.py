@@ -257,6 +257,11 @@ class AdaptedNetwork(AdaptedClassifier):
     def logits(self, x: np.ndarray) -> np.ndarray:
         return self._run(np.asarray(x, np.float32))[0]
 
+    def embed(self, x: np.ndarray) -> np.ndarray:
+        """The records' embedding under this task's fast weights (the inner loop moves the
+        encoder too, not only the head)."""
+        return self._run(np.asarray(x, np.float32))[1]
+
     def unknown_score(self, x: np.ndarray) -> np.ndarray:
         _, embedding = self._run(np.asarray(x, np.float32))
         return nearest_squared_distance(embedding, self.centroids).min(axis=1)
