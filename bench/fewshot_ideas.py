@@ -46,6 +46,7 @@ from bench.fewshot_report import run_and_write
 from bench.fewshot_variants import (
     PrototypeFineTune,
     SeedEnsemble,
+    ShrunkMahalanobis,
     TransductiveSlots,
     l2_normalise,
     pseudo_classes,
@@ -60,6 +61,7 @@ ENSEMBLE_SIZE = 5
 RAW_WEIGHTS = (0.0, 0.5, 1.0)
 STRENGTHS = (0.1, 1.0, 10.0)
 MODES = (10, 30)
+RIDGES = (0.1, 1.0, 10.0)
 AUGMENT_STRENGTHS = (0.1, 0.3)
 CLUSTERS = (100, 300)
 AGENT_MEMBERS = 3  # the opt-in ensemble of the live model (model.members: 3)
@@ -255,6 +257,18 @@ def run(budget: Budget, seeds: int, progress: Callable[[str], None]) -> dict[str
         runner.learner("plain", PLAIN, 0, selection=True), strength=v), "fine-tune strength")
     add(_row(f"prototype-initialised head, fine-tuned (strength {strength})",
              [runner.test(PrototypeFineTune(runner.learner("plain", PLAIN, s), strength=strength))
+              for s in seed_list], validation=scores))
+
+    beta, scores = _choose(runner, RIDGES, lambda b: ShrunkMahalanobis(beta=b),
+                           "raw class-covariance ridge")
+    add(_row(f"raw features, class covariance shrunk to the episode's (Simple CNAPS, "
+             f"ridge {beta})", [runner.test(ShrunkMahalanobis(beta=beta))], baseline=True,
+             validation=scores))
+    beta, scores = _choose(runner, RIDGES, lambda b: ShrunkMahalanobis(
+        runner.learner("plain", PLAIN, 0, selection=True).project, beta=b),
+        "memory-key class-covariance ridge")
+    add(_row(f"memory keys, class covariance shrunk to the episode's (ridge {beta})",
+             [runner.test(ShrunkMahalanobis(runner.learner("plain", PLAIN, s).project, beta=beta))
               for s in seed_list], validation=scores))
 
     def modes_kind(k: int) -> Learned:

@@ -11,6 +11,9 @@ learner and the raw-feature baselines on the same episodes, and kept only if it 
   it, which the agent does see, but rarely class-balanced as in an episode.
 - :class:`PrototypeFineTune`: a linear head on the memory keys initialised at the prototype
   classifier and fine-tuned on the support set, pulled towards its start (first order).
+- :class:`ShrunkMahalanobis`: class covariance shrunk towards the episode's covariance (Simple
+  CNAPS's metric), on raw features or on memory keys: a metric fitted to each episode, where
+  the learners' metric is fixed after meta-training.
 - :func:`pseudo_classes`: the training classes split into their modes by k-means, so that
   meta-training sees many more, finer classes.
 - :func:`with_pseudo_classes`: the k-means clusters of an unlabelled stream added as classes
@@ -137,6 +140,45 @@ class PrototypeFineTune:
                          options={"maxiter": self.max_iter}).x
         weights, bias = theta[:-ways].reshape(dim, ways), theta[-ways:]
         return ClassScores(lambda x: self.learner.project(x) @ weights + bias)
+
+
+class ShrunkMahalanobis:
+    """Class score = minus the squared Mahalanobis distance to the class mean under
+    ``Q_k = l_k S_k + (1 - l_k) S_task + beta s I`` with ``l_k = n_k / (n_k + 1)`` (Simple
+    CNAPS): with one shot a class has no covariance of its own and borrows the episode's, and
+    the ridge ``beta`` times the mean feature variance ``s`` keeps ``Q_k`` invertible when the
+    support set spans fewer dimensions than the features (always, here). ``project`` maps
+    records to the space the metric is fitted in (raw features when ``None``)."""
+
+    def __init__(self, project: Any = None, *, beta: float = 1.0) -> None:
+        if beta <= 0:
+            raise ValueError("beta must be > 0.")
+        self.project = project
+        self.beta = beta
+
+    def _features(self, x: np.ndarray) -> np.ndarray:
+        z = x if self.project is None else self.project(x)
+        return np.asarray(z, np.float64).reshape(len(z), -1)
+
+    def adapt(self, support_x: np.ndarray, support_y: np.ndarray) -> ClassScores:
+        z = self._features(support_x)
+        ways, dim = int(support_y.max()) + 1, z.shape[1]
+        ridge = self.beta * float(z.var(axis=0).mean() + 1e-12) * np.eye(dim)
+        task = np.cov(z, rowvar=False)
+        means, inverses = [], []
+        for c in range(ways):
+            own = z[support_y == c]
+            share = len(own) / (len(own) + 1.0)
+            covariance = np.cov(own, rowvar=False) if len(own) > 1 else np.zeros((dim, dim))
+            means.append(own.mean(axis=0))
+            inverses.append(np.linalg.inv(share * covariance + (1 - share) * task + ridge))
+
+        def scores(x: np.ndarray) -> np.ndarray:
+            q = self._features(x)
+            return -np.stack([((q - m) @ inverse * (q - m)).sum(axis=1)
+                              for m, inverse in zip(means, inverses, strict=True)], axis=1)
+
+        return ClassScores(scores)
 
 
 def with_pseudo_classes(data: LabelledSet, stream: np.ndarray, *, clusters: int,

@@ -13,12 +13,13 @@ REPO = Path(__file__).resolve().parents[3]
 if str(REPO) not in sys.path:  # bench/ is a tool beside the installed packages, not one of them
     sys.path.insert(0, str(REPO))
 
-from bench.fewshot_baselines import ClassScores  # noqa: E402
+from bench.fewshot_baselines import ClassScores, NearestCentroid  # noqa: E402
 from bench.fewshot_data import LabelledSet  # noqa: E402
 from bench.fewshot_ideas import markdown, plot  # noqa: E402
 from bench.fewshot_variants import (  # noqa: E402
     PrototypeFineTune,
     SeedEnsemble,
+    ShrunkMahalanobis,
     TransductiveSlots,
     l2_normalise,
     pseudo_classes,
@@ -115,6 +116,29 @@ def test_the_fine_tuned_head_starts_at_the_prototype_classifier() -> None:
     assert np.allclose(frozen.logits(qx) - proto, (qx**2).sum(1, keepdims=True), atol=1e-6)
     tuned = PrototypeFineTune(IdentityMemory(), strength=0.1).adapt(sx, sy)
     assert (tuned.predict(qx) == qy).mean() > 0.9
+
+
+def test_the_shrunk_metric_ignores_a_direction_every_class_varies_along() -> None:
+    """Two classes 1 apart on feature 0 and both spread by about 8 along feature 1: a query at
+    feature 0 = 0.05 is class 0's, though Euclidean prototypes put it in class 1 (it sits at
+    class 1's feature-1 mean, 8 from class 0's)."""
+    spread = np.array([-10.0, -5.0, 0.0, 5.0, 10.0])
+    support_x = np.stack([np.r_[np.zeros(5), np.ones(5)], np.r_[spread + 4, spread - 4]],
+                         axis=1)
+    support_y = np.r_[np.zeros(5, np.int64), np.ones(5, np.int64)]
+    query = np.array([[0.05, -4.0]])
+    assert NearestCentroid().adapt(support_x, support_y).predict(query)[0] == 1  # the trap
+    assert ShrunkMahalanobis(beta=0.01).adapt(support_x, support_y).predict(query)[0] == 0
+
+
+def test_the_shrunk_metric_handles_one_shot_and_refuses_a_zero_ridge() -> None:
+    support_x = np.array([[0.0, 0.0, 1.0], [3.0, 0.0, 1.0], [0.0, 3.0, 1.0]])
+    model = ShrunkMahalanobis(beta=1.0).adapt(support_x, np.array([0, 1, 2]))
+    scores = model.logits(support_x + 0.1)
+    assert np.isfinite(scores).all()
+    assert model.predict(support_x + 0.1).tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="beta"):
+        ShrunkMahalanobis(beta=0.0)
 
 
 def test_pseudo_classes_split_a_two_mode_class_and_keep_a_small_one_whole() -> None:
