@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 MEMORY_STYLE = ("memory", "knn")
 LIVE_ALGORITHMS = ("memory", "knn", "protonet", "maml", "fomaml", "metasgd")
 _CHUNK = 2048  # rows of the query x support distance matrix computed at once
+SPREAD_MIN_RECORDS = 3  # records a small class needs before its own spread is measured
 
 
 @dataclass(frozen=True)
@@ -641,9 +642,11 @@ def _class_spread(labels: np.ndarray, keys: np.ndarray, loo: np.ndarray, minimum
     than for the reference's dense classes, which dominate the pooled scores. The spread is
     the median distance from each of the class's records to its nearest classmate over the
     median pooled score, kept only above 1: a compact class is judged as strictly as the pooled
-    scores say, never more. Classes with one record have no classmate to measure, and the
-    benign class is left out: loosening it would silence alarms, where stretching an attack
-    class only moves records from a ``novel`` incident to a named one.
+    scores say, never more. A class needs :data:`SPREAD_MIN_RECORDS` records: two give a single
+    distance, and on the KDDTest+ stream the two-record reference class ``multihop`` then named
+    four more records of other types. The benign class is left out: loosening it would silence
+    alarms, where stretching an attack class only moves records from a ``novel`` incident to a
+    named one.
     """
     finite = loo[np.isfinite(loo)]
     if finite.size == 0:
@@ -653,7 +656,7 @@ def _class_spread(labels: np.ndarray, keys: np.ndarray, loo: np.ndarray, minimum
         return {}
     spread: dict[str, float] = {}
     names, index, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    for label in np.flatnonzero((counts >= 2) & (counts < minimum)):
+    for label in np.flatnonzero((counts >= SPREAD_MIN_RECORDS) & (counts < minimum)):
         if str(names[label]) == benign_class:
             continue
         rows = np.flatnonzero(index == label)

@@ -67,7 +67,7 @@ def test_a_type_learnt_from_five_spread_out_labels_is_named_not_novel() -> None:
     assert (pooled_only.p_values(later.predicted, later.novelty)[named] <= 0.01).mean() > 0.5
 
 
-def test_the_spread_never_loosens_the_benign_class_or_tightens_a_compact_one() -> None:
+def test_the_spread_spares_the_benign_class_compact_classes_and_classes_of_two() -> None:
     rng = np.random.default_rng(5)
     support = _support(rng, n_normal=8, n_scan=300)
     benign_scale = SupportSet(x=support.x * np.where(support.y == "normal", 6.0, 1.0)[:, None],
@@ -81,6 +81,12 @@ def test_the_spread_never_loosens_the_benign_class_or_tightens_a_compact_one() -
     far = np.array([[0.0, 40.0, 0.0, 40.0]])
     out = adapted.classify(far)
     assert out.predicted[0] == "tunnel" and out.novelty_p[0] <= 0.01
+    # Two records give one distance, too little to measure a spread with.
+    pair = _labelled(np.array([[0.0, -25.0, 0.0, 0.0], [0.0, -40.0, 0.0, 0.0]]), "probe")
+    assert "probe" not in model.with_records(pair).calibration.spread
+    trio = _labelled(np.array([[0.0, -25.0, 0.0, 0.0], [0.0, -40.0, 0.0, 0.0],
+                               [0.0, -32.0, 0.0, 10.0]]), "probe")
+    assert model.with_records(trio).calibration.spread["probe"] > 1.0
 
 
 def test_incremental_enrolment_matches_a_full_rebuild() -> None:
