@@ -323,9 +323,9 @@ def write_report(results: dict[str, Any], out: Path) -> None:
                   "| method | labels | recall | named, not novel | benign false-alarm rate |",
                   "|---|---:|---:|---:|---:|"]
         for r in stream["few_labels"]:
-            kept = r.get("named_not_novel")
+            not_novel = r.get("named_not_novel")
             lines.append(f"| {r['method']} | {r['labels']} | {r['recall']:.1%} | "
-                         f"{'–' if kept is None else f'{kept:.1%}'} | "
+                         f"{'–' if not_novel is None else f'{not_novel:.1%}'} | "
                          f"{r['benign_false_alarm_rate']:.2%} |")
     if "latency" in results:
         lines += ["", "## Label → serving (5 labels of a new class; screening, enrolment, "

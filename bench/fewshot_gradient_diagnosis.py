@@ -52,6 +52,7 @@ from bench.fewshot import (
 )
 from bench.fewshot_baselines import ClassScores, NearestCentroid, NearestNeighbour
 from bench.fewshot_harness import FewShotMethod, evaluate_accuracy
+from bench.fewshot_methods import LearnerMethod
 from bench.fewshot_report import run_and_write
 
 logger = logging.getLogger("bench.fewshot_gradient_diagnosis")
@@ -133,14 +134,6 @@ class EmbeddingRead:
         return ClassScores(lambda x: fitted.logits(embed(x)))
 
 
-@dataclass(frozen=True)
-class LearnerAdapt:
-    learner: Any
-
-    def adapt(self, support_x: np.ndarray, support_y: np.ndarray) -> Any:
-        return self.learner.adapt(support_x, support_y)
-
-
 def validation(e: NslKddEpisodes, method: FewShotMethod) -> dict[str, float]:
     return {key: evaluate_accuracy(method, e.stage_val.x, e.stage_val.y, plans,
                                    progress_every=0).accuracy.mean
@@ -157,13 +150,19 @@ def _both(e: NslKddEpisodes, selector: FewShotMethod, final: FewShotMethod) -> d
     return {"validation": validation(e, selector), "test": test(e, final)}
 
 
+def _own_adaptation(e: NslKddEpisodes, trained: Trained) -> dict[str, Any]:
+    """The learners' own ``adapt``: the selector on validation, the final model on test."""
+    return _both(e, LearnerMethod(trained.selector, trained.selector.algorithm),
+                 LearnerMethod(trained.final, trained.final.algorithm))
+
+
 def inner_loop_grid(e: NslKddEpisodes, trained: Trained, progress: Callable[[str], None]
                     ) -> dict[str, Any]:
     """Hypothesis 1: every (steps, rate scale) on validation and on test."""
     cells = []
     for steps, scale in itertools.product(STEPS, RATE_SCALES):
         with inner_loop(trained.selector, steps, scale), inner_loop(trained.final, steps, scale):
-            cell = _both(e, LearnerAdapt(trained.selector), LearnerAdapt(trained.final))
+            cell = _own_adaptation(e, trained)
         cells.append({"steps": steps, "rate_scale": scale, **cell})
         progress(f"    {steps} steps x{scale}: validation "
                  f"{_fmt(cell['validation'])}, test {_fmt(cell['test'])}")
@@ -202,8 +201,7 @@ def run(budget: Budget, progress: Callable[[str], None]) -> dict[str, Any]:
         gradient = algorithm in GRADIENT
         entry: dict[str, Any] = {
             "episodes": trained.episodes, "best_validation_in_training": trained.best_validation,
-            "own adaptation": _both(e, LearnerAdapt(trained.selector),
-                                    LearnerAdapt(trained.final)),
+            "own adaptation": _own_adaptation(e, trained),
             "reads": embedding_reads(e, trained, gradient)}
         progress(f"{algorithm} ({trained.episodes} episodes): own "
                  f"{_fmt(entry['own adaptation']['test'])}; reads "
@@ -219,7 +217,7 @@ def run(budget: Budget, progress: Callable[[str], None]) -> dict[str, Any]:
             else:
                 trained = train(algorithm, e, dataclasses.replace(budget, meta_batch=batch))
                 cell = {"episodes": trained.episodes,
-                        **_both(e, LearnerAdapt(trained.selector), LearnerAdapt(trained.final))}
+                        **_own_adaptation(e, trained)}
             result["meta_batch"].setdefault(algorithm, {})[str(batch)] = cell
             progress(f"{algorithm}, meta-batch {batch} ({cell['episodes']} episodes): "
                      f"validation {_fmt(cell['validation'])}, test {_fmt(cell['test'])}")

@@ -261,9 +261,7 @@ class AlertModel:
         if algorithm in MEMORY_STYLE:
             loo = _leave_one_out_distance(keys)
             calibration = _calibration_from(support.y, loo, min_class_calibration,
-                                            spread=_class_spread(support.y, keys, loo,
-                                                                 min_class_calibration,
-                                                                 benign_class))
+                                            keys=keys, benign_class=benign_class)
             return cls(algorithm, learner, support, benign_class=benign_class, keys=keys,
                        calibration=calibration, loo_novelty=loo,
                        temperature=_temperature(algorithm, learner, loo))
@@ -307,9 +305,8 @@ class AlertModel:
         new_keys = _representation(self.algorithm, self.learner, extra.x)
         keys = np.concatenate([self._keys, new_keys])
         loo = _extended_spacing(self._keys, self._loo_novelty, new_keys)
-        calibration = _calibration_from(
-            support.y, loo, minimum,
-            spread=_class_spread(support.y, keys, loo, minimum, self.benign_class))
+        calibration = _calibration_from(support.y, loo, minimum, keys=keys,
+                                        benign_class=self.benign_class)
         return AlertModel(self.algorithm, self.learner, support, benign_class=self.benign_class,
                           keys=keys, calibration=calibration, loo_novelty=loo,
                           temperature=self._temperature)
@@ -622,18 +619,23 @@ def _extended_spacing(keys: np.ndarray, spacing: np.ndarray, new_keys: np.ndarra
 
 
 def _calibration_from(labels: np.ndarray, scores: np.ndarray, minimum: int, *,
-                      spread: dict[str, float] | None = None) -> NoveltyCalibration:
+                      keys: np.ndarray | None = None, benign_class: str = ""
+                      ) -> NoveltyCalibration:
+    """Per-class and pooled calibration scores; with ``keys`` (memory-style learners, whose
+    scores are leave-one-out distances between those keys) also the small classes' spread."""
+    names, index, counts = np.unique(labels, return_inverse=True, return_counts=True)
     finite = np.isfinite(scores)
-    per_class = {
-        str(label): np.sort(scores[(labels == label) & finite])
-        for label in np.unique(labels)
-    }
-    return NoveltyCalibration(scores=per_class, pooled=np.sort(scores[finite]),
-                              min_class_records=minimum, spread=spread or {})
+    per_class = {str(name): np.sort(scores[(index == i) & finite])
+                 for i, name in enumerate(names)}
+    pooled = np.sort(scores[finite])
+    spread = {} if keys is None else _class_spread(
+        names, index, counts, keys, pooled, minimum, benign_class)
+    return NoveltyCalibration(scores=per_class, pooled=pooled, min_class_records=minimum,
+                              spread=spread)
 
 
-def _class_spread(labels: np.ndarray, keys: np.ndarray, loo: np.ndarray, minimum: int,
-                  benign_class: str) -> dict[str, float]:
+def _class_spread(names: np.ndarray, index: np.ndarray, counts: np.ndarray, keys: np.ndarray,
+                  pooled: np.ndarray, minimum: int, benign_class: str) -> dict[str, float]:
     """How much further apart each small attack class's records lie than the pooled scores.
 
     A memory-style learner's novelty is the distance to the nearest labelled record, and a
@@ -646,16 +648,12 @@ def _class_spread(labels: np.ndarray, keys: np.ndarray, loo: np.ndarray, minimum
     distance, and on the KDDTest+ stream the two-record reference class ``multihop`` then named
     four more records of other types. The benign class is left out: loosening it would silence
     alarms, where stretching an attack class only moves records from a ``novel`` incident to a
-    named one.
+    named one. ``names``, ``index`` and ``counts`` are ``np.unique`` of the labels.
     """
-    finite = loo[np.isfinite(loo)]
-    if finite.size == 0:
-        return {}
-    typical = float(np.median(finite))
+    typical = float(np.median(pooled)) if pooled.size else 0.0
     if typical <= 0.0:
         return {}
     spread: dict[str, float] = {}
-    names, index, counts = np.unique(labels, return_inverse=True, return_counts=True)
     for label in np.flatnonzero((counts >= SPREAD_MIN_RECORDS) & (counts < minimum)):
         if str(names[label]) == benign_class:
             continue
