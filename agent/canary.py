@@ -60,7 +60,7 @@ def evaluate(model: AlertModel, canary: SupportSet, *, alpha: float,
         predicted = np.asarray(out.predicted).astype(str)
         correct = predicted == canary.y
         benign = canary.y == model.benign_class
-        alarms = (out.novelty_p <= alpha) | (predicted != model.benign_class)
+        alarms = out.novel(alpha) | (predicted != model.benign_class)
         base = (float(correct.mean()) if correct.size else 1.0,
                 float(alarms[benign].mean()) if benign.any() else 0.0,
                 int(len(canary)), int(benign.sum()))

@@ -569,6 +569,9 @@ class ModelConfig(_Model):
     novel_false_alarm_rate: float = Field(default=0.01, gt=0, lt=1)
     canary_fraction: float = Field(default=0.2, gt=0, lt=0.5)
     min_class_calibration: int = Field(default=100, ge=5)
+    # A reference class with fewer records raises alarms as `novel` (nearest that class)
+    # instead of naming them, until an analyst labels one of its kind (meta/live.py).
+    min_reference_records_to_name: int = Field(default=3, ge=1)
     poll_interval_s: float = Field(default=5.0, gt=0)
     cache_dir: Path = Path("var/models")
     seed: int = 0

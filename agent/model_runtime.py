@@ -242,7 +242,8 @@ class ModelRuntime:
     def _build(self, algorithm: str, learner: Any, support: Any) -> AlertModel:
         cfg = self.config.model
         return AlertModel.build(algorithm, learner, support, benign_class=cfg.benign_class,
-                                min_class_calibration=cfg.min_class_calibration, seed=cfg.seed)
+                                min_class_calibration=cfg.min_class_calibration, seed=cfg.seed,
+                                min_reference_records_to_name=cfg.min_reference_records_to_name)
 
     def _create_first_version(self) -> ModelVersion:
         cfg = self.config.model

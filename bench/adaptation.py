@@ -307,14 +307,18 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         stream = results["stream"]
         lines += [f"## Stream loop ({stream['stream']}, {stream['records']} records, chunks of "
                   "500, first N alarms labelled)", "",
+                  "Wrong names: of the alarms that carry an attack name (not `novel`), the share "
+                  "naming another type than the record's.", "",
                   "| loop | labels | benign alarm rate | attack alarm rate | novel-type alarm "
-                  "rate | novel-type named | open-set AUROC |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+                  "rate | novel-type named | wrong names | open-set AUROC |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in stream["loops"]:
             auroc = "" if r["auroc"] is None else f"{r['auroc']:.3f}"
+            wrong = r.get("wrong_names")
             lines.append(f"| {r['loop']} | {r['labels']} | {r['benign_alarm_rate']:.1%} | "
                          f"{r['attack_alarm_rate']:.1%} | {r['novel_alarm_rate']:.1%} | "
-                         f"{r['novel_named']:.1%} | {auroc} |")
+                         f"{r['novel_named']:.1%} | {'–' if wrong is None else f'{wrong:.1%}'} "
+                         f"| {auroc} |")
         lines += ["", "## A newly labelled type after k labels (mean over the novel types with "
                   "at least 100 records)", "",
                   "Recall: later records of the type predicted as it. Named, not novel: those "

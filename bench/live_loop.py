@@ -10,8 +10,9 @@ Protocol (fixed before any number was looked at, and the same for every loop):
 - Analyst: labels the first N alarms with their true class, each chunk's labels enrolled
   before the next chunk is scored; N = 0, 20, 100, 500.
 - Figures, over the whole stream: benign alarm rate, attack alarm rate, alarm rate and
-  correctly-named rate of novel-type records (attack types the reference never holds), and the
-  open-set AUROC of the novelty score (novel-type records against known-class records).
+  correctly-named rate of novel-type records (attack types the reference never holds), the
+  share of alarms given an attack name that name the wrong type, and the open-set AUROC of
+  the novelty score (novel-type records against known-class records).
 
 The baseline loop is the simplest strong one: 1-NN on the encoded features against the
 labelled reference, an alarm when the nearest label is not ``normal`` or the nearest distance
@@ -89,6 +90,7 @@ class LoopResult:
     attack_alarm_rate: float
     novel_alarm_rate: float
     novel_named: float
+    wrong_names: float  # of the alarms that carry an attack name (not novel), the share misnamed
     auroc: float | None
     seconds: float
 
@@ -120,12 +122,14 @@ def run_loop(name: str, stream: Stream, budget: int,
     benign = stream.y == BENIGN
     known = ~stream.novel
     area = auroc(novelty[known], novelty[stream.novel]) if budget == 0 else None
+    named = alarm & (predicted != "<novel>") & (predicted != BENIGN)
     return LoopResult(
         loop=name, labels=used,
         benign_alarm_rate=float(alarm[benign].mean()),
         attack_alarm_rate=float(alarm[~benign].mean()),
         novel_alarm_rate=float(alarm[stream.novel].mean()),
         novel_named=float((predicted[stream.novel] == stream.y[stream.novel]).mean()),
+        wrong_names=float((predicted[named] != stream.y[named]).mean()) if named.any() else 0.0,
         auroc=area, seconds=timer() - started)
 
 
@@ -136,7 +140,7 @@ def model_loop(model: AlertModel, stream: Stream, budget: int, name: str,
 
     def score(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         out = holder["model"].classify(stream.x[rows])
-        novel = out.novelty_p <= ALPHA
+        novel = out.novel(ALPHA)
         predicted = np.where(novel, "<novel>", out.predicted.astype(str)).astype(object)
         alarm = novel | (out.predicted.astype(str) != BENIGN)
         return predicted, alarm, -np.log(out.novelty_p)
@@ -211,7 +215,7 @@ def few_label_recall(model: AlertModel, support: SupportSet, stream: Stream,
             adapted = model.with_records(extra)
             evaluate_rows = np.concatenate([rest, benign_rows])
             out = adapted.classify(stream.x[evaluate_rows])
-            novel = out.novelty_p <= ALPHA
+            novel = out.novel(ALPHA)
             flagged = novel | (out.predicted.astype(str) != BENIGN)
             named = out.predicted[: rest.size].astype(str) == label
             per_method.setdefault(agent, []).append(

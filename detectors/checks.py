@@ -480,6 +480,9 @@ class _Classified:
     novelty_p: np.ndarray
     nearest: np.ndarray
 
+    def novel(self, alpha: float) -> np.ndarray:
+        return self.novelty_p <= alpha  # every reference class may name records here
+
 
 @dataclass(frozen=True)
 class _Support:

@@ -52,6 +52,8 @@ class ClassificationLike(Protocol):
     novelty_p: np.ndarray
     nearest: np.ndarray
 
+    def novel(self, alpha: float) -> np.ndarray: ...
+
 
 class SupportLike(Protocol):
     y: np.ndarray
@@ -117,6 +119,7 @@ class ClassifierDetector:
     ...         out.confidence = np.ones(len(x)); out.novelty = np.abs(x[:, 0])
     ...         out.novelty_p = np.where(out.novelty > 10, 0.001, 0.5)
     ...         out.nearest = np.zeros(len(x), int)
+    ...         out.novel = lambda alpha: out.novelty_p <= alpha
     ...         return out
     >>> batch = FeatureBatch(numeric=[[0.0], [5.0], [20.0]], numeric_names=("bytes",),
     ...                      categorical=np.zeros((3, 0)), categorical_names=(),
@@ -211,7 +214,7 @@ class ClassifierDetector:
             batch.encoded)
         out = model.classify(batch.encoded, embeddings)
         predicted = np.asarray(out.predicted, dtype=object)
-        novel = np.asarray(out.novelty_p) <= self.alpha
+        novel = np.asarray(out.novel(self.alpha), dtype=bool)
         attack = ~novel & (predicted != model.benign_class)
         kind = np.where(novel, KIND_NOVEL, np.where(attack, KIND_ATTACK, "")).astype(object)
         return Verdict(detector=self.name, flagged=novel | attack, score=out.novelty,

@@ -80,7 +80,7 @@ def served_answers(agent: Agent, lines: Sequence[str]) -> tuple[np.ndarray, np.n
     out = model.classify(encoded.x)
     predicted = out.predicted.astype(str)
     alpha = agent.config.model.novel_false_alarm_rate
-    alarm = (out.novelty_p <= alpha) | (predicted != model.benign_class)
+    alarm = out.novel(alpha) | (predicted != model.benign_class)
     return predicted, alarm
 
 

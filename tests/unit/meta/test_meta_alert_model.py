@@ -89,6 +89,50 @@ def test_the_spread_spares_the_benign_class_compact_classes_and_classes_of_two()
     assert model.with_records(trio).calibration.spread["probe"] > 1.0
 
 
+def _with_rare_reference_class(rng: np.random.Generator, records: int) -> SupportSet:
+    rare = rng.normal([30.0, 0.0, 0.0, 0.0], 0.3, (records, 4))
+    return _support(rng).extend(SupportSet(
+        x=rare, y=["spy"] * records, origin=[f"reference:{1000 + i}" for i in range(records)],
+        numeric=rare, categorical=np.zeros((records, 0))))
+
+
+def test_a_rare_reference_class_raises_alarms_as_novel_until_an_analyst_labels_it() -> None:
+    """One reference record of a type says little about it; whatever lands nearest it must
+    not be reported under its name with confidence. An analyst label of the type does."""
+    rng = np.random.default_rng(7)
+    model = AlertModel.build("knn", None, _with_rare_reference_class(rng, 1),
+                             benign_class="normal")
+    assert model.unnamed_classes == frozenset({"spy"})
+    assert model.describe()["unnamed_classes"] == ["spy"]
+    near = rng.normal([30.0, 0.0, 0.0, 0.0], 0.3, (20, 4))
+    out = model.classify(np.concatenate([near, _support(rng, 50, 50).x]))
+    spy = out.predicted.astype(str) == "spy"
+    assert spy[:20].all() and not spy[20:].any()
+    assert out.unnamed[:20].all() and not out.unnamed[20:].any()
+    # Close enough to pass the calibrated novelty test: only the naming rule reports them.
+    assert (out.novelty_p[:20] > 0.01).any()
+    assert out.novel(0.01)[:20].all()
+    assert np.array_equal(out.novel(0.01)[20:], out.novelty_p[20:] <= 0.01)
+
+    labelled = model.with_records(_labelled(near[:1], "spy"))
+    assert labelled.unnamed_classes == frozenset()
+    assert not labelled.classify(near[1:]).unnamed.any()
+    other = model.with_records(_labelled(rng.normal(15.0, 0.5, (5, 4)), "tunnel"))
+    assert other.unnamed_classes == frozenset({"spy"})
+
+
+def test_reference_classes_of_three_records_name_and_the_rule_can_be_turned_off() -> None:
+    rng = np.random.default_rng(8)
+    assert AlertModel.build("knn", None, _with_rare_reference_class(rng, 3),
+                            benign_class="normal").unnamed_classes == frozenset()
+    lone = AlertModel.build("knn", None, _with_rare_reference_class(rng, 1),
+                            benign_class="normal", min_reference_records_to_name=1)
+    assert lone.unnamed_classes == frozenset()
+    small_benign = AlertModel.build("knn", None, _support(rng, n_normal=2, n_scan=50),
+                                    benign_class="normal", min_reference_records_to_name=5)
+    assert small_benign.unnamed_classes == frozenset()
+
+
 def test_incremental_enrolment_matches_a_full_rebuild() -> None:
     rng = np.random.default_rng(2)
     support = _support(rng)
