@@ -16,6 +16,7 @@ import gzip
 import io
 import pstats
 import sqlite3
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import closing
@@ -90,20 +91,48 @@ def stage_profile(stream: Callable[[], object]) -> dict[str, float]:
 
 
 def report_storage(database: Path) -> dict[str, float]:
-    """Bytes per stored drift report in an SQLite file (table and index pages, via dbstat)."""
+    """Bytes per stored drift report in an SQLite file (table and index pages)."""
     with closing(sqlite3.connect(database)) as connection:
         reports = connection.execute(
             "SELECT count(*), sum(rejected) FROM drift_reports").fetchone()
-        pages = connection.execute(
-            "SELECT sum(pgsize) FROM dbstat WHERE name = 'drift_reports' "
-            "OR name IN (SELECT name FROM sqlite_schema WHERE tbl_name = 'drift_reports')"
-        ).fetchone()[0]
+        pages = _table_bytes(connection, "drift_reports")
         payload = connection.execute(
             "SELECT avg(length(features)), avg(length(window_span)) FROM drift_reports"
         ).fetchone()
     count, rejected = int(reports[0]), int(reports[1] or 0)
     return {"reports": count, "rejected": rejected, "bytes_per_report": pages / max(count, 1),
             "features_json_bytes": float(payload[0] or 0)}
+
+
+def _table_bytes(connection: sqlite3.Connection, table: str) -> int:
+    """Bytes of ``table``'s pages and its indexes' pages.
+
+    The ``dbstat`` table counts them exactly, but not every SQLite build has it: once
+    TensorFlow is loaded, Python's sqlite3 runs on the SQLite TensorFlow bundles, built
+    without it. Then the table alone is copied into a fresh file and its pages counted there.
+    """
+    try:
+        return int(connection.execute(
+            "SELECT sum(pgsize) FROM dbstat WHERE name = ? "
+            "OR name IN (SELECT name FROM sqlite_schema WHERE tbl_name = ?)", (table, table),
+        ).fetchone()[0] or 0)
+    except sqlite3.OperationalError as error:
+        if "dbstat" not in str(error):
+            raise
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "copy.db"
+        connection.execute("VACUUM INTO ?", (str(copy),))
+        with closing(sqlite3.connect(copy)) as alone:
+            others = [name for (name,) in alone.execute(
+                "SELECT name FROM sqlite_schema WHERE type = 'table' AND name != ? "
+                "AND name NOT LIKE 'sqlite_%'", (table,))]
+            for name in others:
+                alone.execute(f'DROP TABLE "{name}"')
+            alone.commit()
+            alone.execute("VACUUM")
+            page_size = alone.execute("PRAGMA page_size").fetchone()[0]
+            page_count = alone.execute("PRAGMA page_count").fetchone()[0]
+    return int((page_count - 1) * page_size)  # page 1 holds the schema, not the table
 
 
 def year_on_disk(bytes_per_report: float, records_per_s: float = 10_000,

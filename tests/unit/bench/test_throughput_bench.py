@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+import sqlite3
 import tempfile
+from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,6 +15,7 @@ from bench.soak import soak
 from bench.throughput import SAMPLE, _replay_once
 from bench.throughput_limits import (
     STAGES,
+    _table_bytes,
     decompressed,
     parse_limits,
     report_storage,
@@ -45,6 +49,37 @@ def test_the_profile_splits_a_replay_into_its_stages_and_reports_are_measured_on
     assert math.isclose(sum(shares.values()), 1.0, abs_tol=1e-6)
     assert shares["read and parse (source fetch)"] > 0 and shares["encode"] > 0
     assert storage["reports"] == 10 and storage["bytes_per_report"] > 0
+
+
+class _WithoutDbstat:
+    """A connection whose SQLite has no dbstat table, as TensorFlow's bundled build."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self.connection = connection
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if "dbstat" in sql:
+            raise sqlite3.OperationalError("no such table: dbstat")
+        return self.connection.execute(sql, *args)
+
+
+def test_table_bytes_are_counted_without_dbstat_too(tmp_path: Path) -> None:
+    with closing(sqlite3.connect(tmp_path / "t.db")) as connection:
+        connection.execute("CREATE TABLE reports (id INTEGER PRIMARY KEY, body TEXT)")
+        connection.execute("CREATE INDEX reports_body ON reports (body)")
+        connection.execute("CREATE TABLE other (blob TEXT)")
+        connection.executemany("INSERT INTO reports (body) VALUES (?)",
+                               [("x" * 200,) for _ in range(2000)])
+        connection.executemany("INSERT INTO other VALUES (?)", [("y" * 500,)] * 2000)
+        connection.commit()
+        fallback = _table_bytes(_WithoutDbstat(connection), "reports")  # type: ignore[arg-type]
+        assert 2000 * 200 * 2 <= fallback <= 2000 * 200 * 3  # the rows twice: table, index
+        try:
+            exact = _table_bytes(connection, "reports")
+        except sqlite3.OperationalError:
+            pytest.skip("this process's SQLite has no dbstat table to compare with "
+                        "(TensorFlow's bundled SQLite was loaded first)")
+        assert abs(fallback - exact) <= 0.1 * exact
 
 
 @pytest.mark.slow
