@@ -10,9 +10,10 @@ Sections (protocols in bench/live_loop.py and below; every learner and baseline 
 records, the same encoding and the same labels):
 
 1. **Stream loop**: KDDTest+ in file order, the analyst labels the first N alarms; the agent's
-   loop (memory, knn) side by side with the 1-NN baseline loop.
+   loop (memory, knn) side by side with the 1-NN and extra-trees baseline loops.
 2. **Few labels**: recall on a newly labelled type after 1, 5 and 10 labels and the benign
-   false-alarm rate, against 1-NN on raw features and a retrained logistic head.
+   false-alarm rate, against 1-NN on raw features and a retrained logistic head and extra
+   trees.
 3. **Label → serving**: through the agent's own code (store, screening, enrolment, canary,
    registry, hot swap, then the first batch scored by the new version), per learner, on CPU.
 4. **Poisoned campaigns**: 30% wrong labels (benign records labelled as the new class, new-class
@@ -45,6 +46,7 @@ from bench.live_loop import (
     load,
     model_loop,
     nearest_neighbour_loop,
+    trees_loop,
 )
 from bench.machine import cpu_model
 
@@ -91,9 +93,10 @@ def stream_and_few_labels(budgets: Sequence[int], episodes: int) -> dict[str, An
     }
     loops = []
     for budget in budgets:
-        result = nearest_neighbour_loop(split.support, stream, budget, time.perf_counter)
-        loops.append(result.as_dict())
-        print(f"  {result}", flush=True)
+        for baseline in (nearest_neighbour_loop, trees_loop):
+            result = baseline(split.support, stream, budget, time.perf_counter)
+            loops.append(result.as_dict())
+            print(f"  {result}", flush=True)
         for name, model in models.items():
             result = model_loop(model, stream, budget, name, time.perf_counter)
             loops.append(result.as_dict())
@@ -387,6 +390,7 @@ def _plot(results: dict[str, Any], path: Path) -> None:
         ax.scatter([r["learner"] for r in rows], [r["serving_p95_ms"] for r in rows],
                    color="black", marker="_", s=300, label="p95")
         ax.set_yscale("log")
+        ax.tick_params(axis="x", labelrotation=25)
         ax.set_ylabel("label → serving (ms)")
         ax.set_title("Label → new version serving, CPU")
         ax.legend()

@@ -40,9 +40,11 @@ from threadpoolctl import threadpool_limits
 
 from bench.fewshot_augment import Augmentation, episode_sampler
 from bench.fewshot_baselines import (
+    ExtraTrees,
     LinearHead,
     NearestCentroid,
     NearestNeighbour,
+    RangeScaledNearestNeighbour,
     conv4_backbone,
     pretrain_classifier,
     tabular_backbone,
@@ -383,6 +385,9 @@ def run_nsl_kdd(budget: Budget, learners: Sequence[str], seed: int) -> dict[str,
     score_everywhere("raw 1-NN", NearestNeighbour())
     score_everywhere("raw nearest centroid", NearestCentroid())
     score_everywhere("raw linear head (L2-normalised)", LinearHead())
+    score_everywhere("raw 1-NN, L1 on support-range-scaled features",
+                     RangeScaledNearestNeighbour())
+    score_everywhere("raw extra trees (100, fitted on the support set)", ExtraTrees())
 
     logger.info("-- pretrain a plain classifier, then prototypes / linear head on its features")
     pretrain = _pretrain_nsl(budget, stage_train, stage_val, train, val_plans, seed)

@@ -31,7 +31,12 @@ import numpy as np
 
 from bench.fewshot import FULL, QUICK, Budget, NslKddEpisodes, _machine, nsl_kdd_episodes
 from bench.fewshot_augment import AugmentKind, RecordAugmentation, episode_sampler
-from bench.fewshot_baselines import LinearHead, NearestNeighbour
+from bench.fewshot_baselines import (
+    ExtraTrees,
+    LinearHead,
+    NearestNeighbour,
+    RangeScaledNearestNeighbour,
+)
 from bench.fewshot_data import LabelledSet, unlabelled_stream
 from bench.fewshot_harness import (
     FewShotMethod,
@@ -48,6 +53,7 @@ from bench.fewshot_variants import (
     SeedEnsemble,
     ShrunkMahalanobis,
     TransductiveSlots,
+    WithTrees,
     l2_normalise,
     pseudo_classes,
     with_pseudo_classes,
@@ -64,6 +70,7 @@ MODES = (10, 30)
 RIDGES = (0.1, 1.0, 10.0)
 AUGMENT_STRENGTHS = (0.1, 0.3)
 CLUSTERS = (100, 300)
+TREE_WEIGHTS = (1.0, 4.0, 16.0)
 AGENT_MEMBERS = 3  # the opt-in ensemble of the live model (model.members: 3)
 REFERENCE_SIZES = (100, 1000)
 TASKS = ("5w1s", "5w5s")
@@ -216,6 +223,10 @@ def run(budget: Budget, seeds: int, progress: Callable[[str], None]) -> dict[str
 
     add(_row("raw 1-NN", [runner.test(NearestNeighbour())], baseline=True))
     add(_row("raw linear head (L2-normalised)", [runner.test(LinearHead())], baseline=True))
+    add(_row("raw 1-NN, L1 on support-range-scaled features",
+             [runner.test(RangeScaledNearestNeighbour())], baseline=True))
+    add(_row("raw extra trees (fitted on the support set)", [runner.test(ExtraTrees())],
+             baseline=True))
     add(_row("memory", [runner.test(runner.learner("plain", PLAIN, s)) for s in seed_list]))
 
     normalised = Learned(lambda d: LabelledSet(l2_normalise(d.x), d.y, d.class_names), {})
@@ -238,6 +249,12 @@ def run(budget: Budget, seeds: int, progress: Callable[[str], None]) -> dict[str
     add(_row(f"ensemble of {AGENT_MEMBERS} separately trained learners (disjoint seeds)",
              [runner.test(SeedEnsemble([runner.learner("plain", PLAIN, AGENT_MEMBERS * s + i)
                                         for i in range(AGENT_MEMBERS)])) for s in seed_list]))
+    weight, scores = _choose(runner, TREE_WEIGHTS, lambda w: WithTrees(
+        runner.learner("plain", PLAIN, 0, selection=True), weight=w), "trees weight")
+    add(_row(f"memory + extra trees fitted on the support set (trees weight {weight})",
+             [runner.test(WithTrees(runner.learner("plain", PLAIN, s), weight=weight))
+              for s in seed_list], validation=scores))
+
     d_in = episodes.train.x.shape[1]
     linear = Learned(lambda d: d, {}, encoder=((), d_in))
     add(_row(f"memory with a linear encoder ({d_in} → {d_in}, no hidden layer)",

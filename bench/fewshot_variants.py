@@ -14,6 +14,9 @@ learner and the raw-feature baselines on the same episodes, and kept only if it 
 - :class:`ShrunkMahalanobis`: class covariance shrunk towards the episode's covariance (Simple
   CNAPS's metric), on raw features or on memory keys: a metric fitted to each episode, where
   the learners' metric is fixed after meta-training.
+- :class:`WithTrees`: the memory read plus extra trees fitted on the episode's support set
+  (log-probabilities summed, the trees weighted): the strongest baseline chooses features per
+  episode, and the learned metric orders what the trees' coarse vote shares leave tied.
 - :func:`pseudo_classes`: the training classes split into their modes by k-means, so that
   meta-training sees many more, finer classes.
 - :func:`with_pseudo_classes`: the k-means clusters of an unlabelled stream added as classes
@@ -30,7 +33,13 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import log_softmax, logsumexp
 
-from bench.fewshot_baselines import ClassScores, NearestNeighbour, softmax, squared_distances
+from bench.fewshot_baselines import (
+    ClassScores,
+    ExtraTrees,
+    NearestNeighbour,
+    softmax,
+    squared_distances,
+)
 from bench.fewshot_data import LabelledSet
 
 
@@ -61,6 +70,26 @@ class SeedEnsemble:
                 total += self.raw_weight * log_softmax(
                     raw.logits(l2_normalise(x)) / self.raw_temperature, axis=1)
             return total
+
+        return ClassScores(scores)
+
+
+class WithTrees:
+    """The learner's log-probabilities plus ``weight`` times those of extra trees fitted on
+    the support set (:class:`bench.fewshot_baselines.ExtraTrees`)."""
+
+    def __init__(self, learner: Any, *, weight: float) -> None:
+        if weight < 0:
+            raise ValueError("weight must be >= 0.")
+        self.learner = learner
+        self.weight = weight
+
+    def adapt(self, support_x: np.ndarray, support_y: np.ndarray) -> ClassScores:
+        adapted = self.learner.adapt(support_x, support_y)
+        trees = ExtraTrees().adapt(support_x, support_y)
+
+        def scores(x: np.ndarray) -> np.ndarray:
+            return log_softmax(adapted.logits(x), axis=1) + self.weight * trees.logits(x)
 
         return ClassScores(scores)
 

@@ -19,9 +19,11 @@ if str(REPO) not in sys.path:  # bench/ is a tool beside the installed packages,
     sys.path.insert(0, str(REPO))
 
 from bench.fewshot_baselines import (  # noqa: E402
+    ExtraTrees,
     LinearHead,
     NearestCentroid,
     NearestNeighbour,
+    RangeScaledNearestNeighbour,
     squared_distances,
 )
 from bench.fewshot_data import (  # noqa: E402
@@ -134,6 +136,31 @@ def test_nearest_neighbour_and_centroid_on_hand_made_support() -> None:
     np.testing.assert_allclose(proba.sum(axis=1), 1.0)
 
 
+def test_range_scaling_counts_features_by_how_the_support_set_varies_on_them() -> None:
+    # The records differ by 1 on feature 0 and by 100 on feature 1; feature 2 they share.
+    support_x = np.array([[0.0, 0.0, 5.0], [1.0, 100.0, 5.0]])
+    support_y = np.array([0, 1])
+    query = np.array([[0.0, 80.0, 7.0]])
+    # Squared L2: 6,400 + 4 against 1 + 400 + 4, so the wide feature decides.
+    assert NearestNeighbour().adapt(support_x, support_y).predict(query).tolist() == [1]
+    # Scaled by range, L1: 0 + 0.8 against 1 + 0.2, and the shared feature is left out.
+    scaled = RangeScaledNearestNeighbour().adapt(support_x, support_y)
+    np.testing.assert_allclose(scaled.logits(query), [[-0.8, -1.2]])
+    assert scaled.predict(query).tolist() == [0]
+
+
+def test_extra_trees_give_log_probability_scores_for_every_class() -> None:
+    support_x = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.1, 5.0]])
+    support_y = np.array([0, 0, 2, 2])  # class 1 has no support record here
+    model = ExtraTrees(trees=10).adapt(support_x, support_y)
+    logits = model.logits(np.array([[0.0, 0.1], [5.0, 5.1]]))
+    assert logits.shape == (2, 3)
+    np.testing.assert_allclose(logits[:, 1], np.log(1e-6))
+    assert model.predict(np.array([[0.0, 0.1], [5.0, 5.1]])).tolist() == [0, 2]
+    with pytest.raises(ValueError, match="trees"):
+        ExtraTrees(trees=0)
+
+
 def test_squared_distances_match_the_definition() -> None:
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(4, 3)), rng.normal(size=(5, 3))
@@ -144,7 +171,8 @@ def test_squared_distances_match_the_definition() -> None:
 def test_baselines_separate_easy_classes_and_fail_on_noise() -> None:
     easy = _blobs(n_classes=8, per_class=25, dim=6, spread=0.3, seed=5)
     plans = plan_episodes(easy.y, ways=5, shots=1, queries=5, n_episodes=30, seed=0)
-    for method in (NearestNeighbour(), NearestCentroid(), LinearHead()):
+    for method in (NearestNeighbour(), NearestCentroid(), LinearHead(),
+                   RangeScaledNearestNeighbour(), ExtraTrees(trees=20)):
         assert evaluate_accuracy(method, easy.x, easy.y, plans).accuracy.mean > 0.95
     rng = np.random.default_rng(1)
     noise = rng.normal(size=easy.x.shape).astype(np.float32)

@@ -21,6 +21,7 @@ from bench.fewshot_variants import (  # noqa: E402
     SeedEnsemble,
     ShrunkMahalanobis,
     TransductiveSlots,
+    WithTrees,
     l2_normalise,
     pseudo_classes,
     with_pseudo_classes,
@@ -84,6 +85,19 @@ def test_a_raw_expert_breaks_a_tie_towards_the_nearest_support_record() -> None:
     assert (tied.predict(qx) == qy).mean() > 0.9
     with pytest.raises(ValueError):
         SeedEnsemble([])
+
+
+def test_trees_beside_a_learner_decide_where_they_agree_and_outweigh_it_when_weighted() -> None:
+    sx = np.array([[5.0, 0.0], [5.2, 0.1], [0.0, 5.0], [0.1, 5.2]])
+    sy = np.array([0, 0, 1, 1])
+    qx = np.array([[5.1, 0.2], [0.2, 5.1]])
+    # The learner always says 1 (logit margin 3); trees fitted on the support say 0 then 1.
+    light = WithTrees(Constant(1), weight=0.0).adapt(sx, sy)
+    assert light.predict(qx).tolist() == [1, 1]
+    heavy = WithTrees(Constant(1), weight=4.0).adapt(sx, sy)
+    assert heavy.predict(qx).tolist() == [0, 1]
+    with pytest.raises(ValueError, match="weight"):
+        WithTrees(Constant(1), weight=-1.0)
 
 
 def test_transduction_follows_the_queries_cluster_where_one_support_record_is_off_centre(
