@@ -16,7 +16,7 @@ learner and the raw-feature baselines on the same episodes, and kept only if it 
   the learners' metric is fixed after meta-training.
 - :class:`WithTrees`: the memory read plus extra trees fitted on the episode's support set
   (log-probabilities summed, the trees weighted): the strongest baseline chooses features per
-  episode, and the learned metric orders what the trees' coarse vote shares leave tied.
+  episode, and the learned metric can order what the trees' coarse vote shares leave tied.
 - :func:`pseudo_classes`: the training classes split into their modes by k-means, so that
   meta-training sees many more, finer classes.
 - :func:`with_pseudo_classes`: the k-means clusters of an unlabelled stream added as classes
