@@ -190,3 +190,20 @@ def test_a_model_trained_on_other_features_or_other_weights_is_refused(
             agent.prepare()
     finally:
         agent.close()
+
+
+def test_the_served_model_leaves_rare_reference_classes_unnamed_as_configured(
+        write_config: Callable[..., Path]) -> None:
+    config = load_config(write_config(live_model=True, **{
+        "model.learner": "knn", "model.min_reference_records_to_name": 5}), need_token=False)
+    agent = Agent(config)
+    try:
+        agent.prepare()
+        assert agent.runtime is not None
+        model = agent.runtime.current()
+        assert model is not None
+        rare = {label for label, n in model.support.counts().items()
+                if n < 5 and label != config.model.benign_class}
+        assert rare and model.unnamed_classes == frozenset(rare)
+    finally:
+        agent.close()

@@ -279,3 +279,15 @@ def test_model_members_are_an_opt_in_ensemble_of_the_memory_learner(
                     need_token=False)
     with pytest.raises(ConfigError, match="model.members"):
         load_config(write_config("zero.yaml", **{"model.members": 0}), need_token=False)
+
+
+def test_rare_reference_classes_name_nothing_below_a_configured_count(
+        write_config: Callable[..., Path]) -> None:
+    default = load_config(write_config(**{"model.enabled": True}), need_token=False)
+    assert default.model.min_reference_records_to_name == 3
+    off = load_config(write_config("off.yaml", **{
+        "model.enabled": True, "model.min_reference_records_to_name": 1}), need_token=False)
+    assert off.model.min_reference_records_to_name == 1
+    with pytest.raises(ConfigError, match="model.min_reference_records_to_name"):
+        load_config(write_config("zero.yaml", **{"model.min_reference_records_to_name": 0}),
+                    need_token=False)
