@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize
@@ -175,6 +176,15 @@ class RangeScaledNearestNeighbour:
         return ClassScores(scores)
 
 
+def extra_trees(x: np.ndarray, y: np.ndarray, *, trees: int = 100, seed: int = 0,
+                jobs: int = 1) -> Any:
+    """Extremely randomised trees (scikit-learn) grown in full on ``x``, ``y``."""
+    from sklearn.ensemble import ExtraTreesClassifier
+
+    forest = ExtraTreesClassifier(n_estimators=trees, random_state=seed, n_jobs=jobs)
+    return forest.fit(x.reshape(len(x), -1), y)
+
+
 class ExtraTrees:
     """Extremely randomised trees (scikit-learn) fitted on the support set alone.
 
@@ -195,11 +205,8 @@ class ExtraTrees:
         self.seed = seed
 
     def adapt(self, support_x: np.ndarray, support_y: np.ndarray) -> ClassScores:
-        from sklearn.ensemble import ExtraTreesClassifier
-
         ways = int(support_y.max()) + 1
-        forest = ExtraTreesClassifier(n_estimators=self.trees, random_state=self.seed, n_jobs=1)
-        forest.fit(support_x.reshape(len(support_x), -1), support_y)
+        forest = extra_trees(support_x, support_y, trees=self.trees, seed=self.seed)
         columns = forest.classes_.astype(np.int64)
 
         def scores(x: np.ndarray) -> np.ndarray:

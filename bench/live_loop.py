@@ -37,6 +37,7 @@ from agent.config import AgentConfig
 from agent.datafile import read_records
 from agent.schema import Encoder
 from agent.support import ReferenceSplit, split_reference
+from bench.fewshot_baselines import extra_trees
 from bench.fewshot_data import data_root
 from meta.live import AlertModel, SupportSet
 from meta.openset import auroc
@@ -177,28 +178,21 @@ def nearest_neighbour_loop(support: SupportSet, stream: Stream, budget: int,
     return run_loop("1-NN raw (baseline)", stream, budget, score, enrol, timer)
 
 
-def extra_trees(x: np.ndarray, y: np.ndarray, seed: int = 0) -> Any:
-    """The trees baseline's classifier: 100 extremely randomised trees, grown in full."""
-    from sklearn.ensemble import ExtraTreesClassifier
-
-    return ExtraTreesClassifier(n_estimators=100, random_state=seed, n_jobs=2).fit(x, y)
-
-
 def trees_loop(support: SupportSet, stream: Stream, budget: int,
                timer: Callable[[], float]) -> LoopResult:
     """The supervised baseline: extra trees refitted on the reference plus the labels."""
-    labelled = {"x": support.x, "y": support.y.astype(object)}
-    holder = {"model": extra_trees(labelled["x"], labelled["y"])}
+    state = {"x": support.x, "y": support.y.astype(object)}
+    state["trees"] = extra_trees(state["x"], state["y"], jobs=2)
 
     def score(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        proba = holder["model"].predict_proba(stream.x[rows])
-        label = holder["model"].classes_[proba.argmax(axis=1)].astype(object)
+        proba = state["trees"].predict_proba(stream.x[rows])
+        label = state["trees"].classes_[proba.argmax(axis=1)].astype(object)
         return label, label != BENIGN, 1.0 - proba.max(axis=1)
 
     def enrol(rows: np.ndarray) -> None:
-        labelled["x"] = np.concatenate([labelled["x"], stream.x[rows]])
-        labelled["y"] = np.concatenate([labelled["y"], stream.y[rows].astype(object)])
-        holder["model"] = extra_trees(labelled["x"], labelled["y"])
+        state["x"] = np.concatenate([state["x"], stream.x[rows]])
+        state["y"] = np.concatenate([state["y"], stream.y[rows].astype(object)])
+        state["trees"] = extra_trees(state["x"], state["y"], jobs=2)
 
     return run_loop("extra trees (supervised baseline)", stream, budget, score, enrol, timer)
 
@@ -265,7 +259,7 @@ def few_label_recall(model: AlertModel, support: SupportSet, stream: Stream,
             per_method.setdefault("logistic head", []).append(
                 (float((guess[: rest.size] == label).mean()),
                  float((guess[rest.size:] != BENIGN).mean())))
-            guess = extra_trees(x, y).predict(stream.x[evaluate_rows])
+            guess = extra_trees(x, y, jobs=2).predict(stream.x[evaluate_rows])
             per_method.setdefault("extra trees", []).append(
                 (float((guess[: rest.size] == label).mean()),
                  float((guess[rest.size:] != BENIGN).mean())))

@@ -61,6 +61,7 @@ __all__ = [
     "CATEGORICAL_NAMES",
     "NUMERIC_NAMES",
     "NearestLabelModel",
+    "ServedModel",
     "Shift",
     "false_alarm_budget",
     "synthetic_batch",
@@ -490,6 +491,18 @@ class _Support:
     origin: np.ndarray
     numeric: np.ndarray
     categorical: np.ndarray
+
+
+class ServedModel:
+    """The model handle the agent gives detectors (:class:`detectors.base.ModelHandle`), around
+    one model; assigning ``model`` stands for a new version going live."""
+
+    def __init__(self, model: Any, novel_false_alarm_rate: float = 0.01) -> None:
+        self.model = model
+        self.novel_false_alarm_rate = novel_false_alarm_rate
+
+    def current(self) -> Any:
+        return self.model
 
 
 class NearestLabelModel:

@@ -15,26 +15,16 @@ from detectors import (
     RecordDetector,
     WindowDetector,
 )
-from detectors.checks import yield_checks
+from detectors.checks import ServedModel, yield_checks
 
 _PROTOCOLS = {"window": WindowDetector, "record": RecordDetector, "labelled": LabelledDetector}
 
 
 
-class _Served:
-    """The handle the agent gives detectors, around a real served model (meta.live)."""
+def _served_model(algorithm: str) -> Callable[[FeatureBatch], ServedModel]:
+    """Handles around a real served model (meta.live)."""
 
-    novel_false_alarm_rate = 0.01
-
-    def __init__(self, model: Any) -> None:
-        self.model = model
-
-    def current(self) -> Any:
-        return self.model
-
-
-def _served_model(algorithm: str) -> Callable[[FeatureBatch], _Served]:
-    def factory(reference: FeatureBatch) -> _Served:
+    def factory(reference: FeatureBatch) -> ServedModel:
         from meta.live import AlertModel, SupportSet
 
         learner = None
@@ -49,7 +39,7 @@ def _served_model(algorithm: str) -> Callable[[FeatureBatch], _Served]:
         support = SupportSet(x=reference.encoded, y=reference.labels,
                              origin=[f"reference:{i}" for i in range(len(reference))],
                              numeric=reference.numeric, categorical=reference.categorical)
-        return _Served(AlertModel.build(algorithm, learner, support, benign_class="normal"))
+        return ServedModel(AlertModel.build(algorithm, learner, support, benign_class="normal"))
 
     return factory
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from detectors.base import FeatureBatch
+from detectors.checks import ServedModel
 from detectors.classifier import ClassifierDetector
 from meta.live import AlertModel, SupportSet
 
@@ -20,16 +21,6 @@ def _support(x: np.ndarray, labels: list[str], origin: str) -> SupportSet:
                       numeric=x, categorical=np.zeros((len(x), 0)))
 
 
-class _Handle:
-    novel_false_alarm_rate = 0.01
-
-    def __init__(self, model: AlertModel) -> None:
-        self.model = model
-
-    def current(self) -> AlertModel:
-        return self.model
-
-
 def test_records_nearest_a_one_record_reference_class_are_novel_until_it_is_labelled() -> None:
     rng = np.random.default_rng(0)
     normal = rng.normal(0.0, 1.0, (300, 3))
@@ -38,7 +29,7 @@ def test_records_nearest_a_one_record_reference_class_are_novel_until_it_is_labe
     reference = _support(np.concatenate([normal, scan, spy]),
                          ["normal"] * 300 + ["scan"] * 100 + ["spy"], "reference")
     model = AlertModel.build("knn", None, reference, benign_class="normal")
-    handle = _Handle(model)
+    handle = ServedModel(model)
     detector = ClassifierDetector(alpha=0.01, model=handle)
     detector.fit(_batch(reference.x))
 

@@ -17,6 +17,7 @@ import detectors.activation_clustering
 import detectors.spectral_signature
 from detectors import FeatureBatch
 from detectors.activation_clustering import ActivationClusteringDetector
+from detectors.checks import ServedModel
 from detectors.spectral_signature import SpectralSignatureDetector
 
 DETECTORS = (SpectralSignatureDetector, ActivationClusteringDetector)
@@ -141,16 +142,6 @@ class _Model:
         return np.asarray(x, np.float64) @ self.weights
 
 
-class _Handle:
-    novel_false_alarm_rate = 0.01
-
-    def __init__(self, model: _Model) -> None:
-        self.model = model
-
-    def current(self) -> _Model:
-        return self.model
-
-
 @pytest.mark.parametrize("detector_class", DETECTORS)
 def test_embeddings_are_the_representation_and_a_new_version_recalibrates(
         detector_class: type[Any]) -> None:
@@ -160,7 +151,7 @@ def test_embeddings_are_the_representation_and_a_new_version_recalibrates(
     reference = labelled(*clean_records(np.random.default_rng(0), 3000))
     stream, _ = backdoored(rng, 3000, 0.1)
     head, tail = stream.take(slice(0, 1600)), stream.take(slice(1600, 3000))
-    handle = _Handle(first)
+    handle = ServedModel(first)
     detector = detector_class(model=handle, window=800, stride=100)
     detector.fit(reference)
     detector.inspect(head.with_embeddings(first.embed(head.encoded)))

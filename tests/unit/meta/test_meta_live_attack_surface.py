@@ -14,7 +14,7 @@ import pytest
 from agent.training import TrainingPlan, train_learner
 from detectors.adversarial import AdversarialDetector
 from detectors.base import FeatureBatch
-from detectors.checks import false_alarm_budget
+from detectors.checks import ServedModel, false_alarm_budget
 from meta import attacks
 from meta.encoders import EncoderSpec
 from meta.learners import build_learner
@@ -38,16 +38,6 @@ def _batch(x: np.ndarray) -> FeatureBatch:
     return FeatureBatch(numeric=np.zeros((len(x), 0)), numeric_names=(),
                         categorical=np.zeros((len(x), 0)), categorical_names=(),
                         categorical_vocab=(), encoded=x)
-
-
-class _Handle:
-    novel_false_alarm_rate = 0.01
-
-    def __init__(self, model: AlertModel) -> None:
-        self.model = model
-
-    def current(self) -> AlertModel:
-        return self.model
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +90,7 @@ def test_pgd_on_the_served_model_is_caught_and_clean_records_are_not(
         protonet: AlertModel) -> None:
     rng = np.random.default_rng(3)
     reference, _ = _records(rng, 2000)
-    detector = AdversarialDetector(alpha=0.01, model=_Handle(protonet))
+    detector = AdversarialDetector(alpha=0.01, model=ServedModel(protonet))
     detector.fit(_batch(reference))
     clean, y = _records(rng, 3000)
     flagged = int(detector.score(_batch(clean)).flagged.sum())
