@@ -244,6 +244,28 @@ def load_nsl_kdd_novel_split(
     return split
 
 
+def rare_known_attack_types(root: Path | None = None, *, min_train_records: int = 20,
+                             min_records: int = 20) -> LabelledSet:
+    """Attack types of KDDTrain+_20Percent too rare there to be training classes (fewer than
+    ``min_train_records``) that reach ``min_records`` with their KDDTest+ records added: their
+    records from both files. None of them is a novel class (those never occur in the training
+    file), so they widen the training classes without touching the test episodes; but they do
+    come from the test file, and a row that uses them says so.
+    """
+    encoded = _encoded_nsl_kdd(data_root() if root is None else root)
+    train_labels, test_labels = encoded.train_records.labels, encoded.test_records.labels
+    names, counts = np.unique(train_labels, return_counts=True)
+    rare = [
+        str(name) for name, count in zip(names, counts, strict=True)
+        if name != BENIGN_LABEL and count < min_train_records
+        and count + int(np.sum(test_labels == name)) >= min_records
+    ]
+    both = _labelled(np.concatenate([encoded.train_x, encoded.test_x]),
+                     np.concatenate([train_labels, test_labels]), rare)
+    logger.info("Rare known attack types widened by KDDTest+: %s", both.class_counts())
+    return both
+
+
 def unlabelled_stream(which: Literal["train", "test"], root: Path | None = None) -> np.ndarray:
     """Every record of KDDTrain+_20Percent or KDDTest+, encoded as the split encodes them
     (fitted on KDDTrain+_20Percent), labels dropped: what an agent watching that traffic sees.

@@ -4,7 +4,7 @@ baselines.
 
 Run from the repository root::
 
-    nice -n 10 .venv/bin/python -m bench.fewshot_ideas            # about 15 min on 2 cores
+    nice -n 10 .venv/bin/python -m bench.fewshot_ideas            # 40–100 min on 2 cores
     nice -n 10 .venv/bin/python -m bench.fewshot_ideas --quick    # smoke run
 
 Discipline as in the main benchmark: an idea's hyperparameter (ensemble raw weight, fine-tune
@@ -37,7 +37,7 @@ from bench.fewshot_baselines import (
     NearestNeighbour,
     RangeScaledNearestNeighbour,
 )
-from bench.fewshot_data import LabelledSet, unlabelled_stream
+from bench.fewshot_data import LabelledSet, rare_known_attack_types, unlabelled_stream
 from bench.fewshot_harness import (
     FewShotMethod,
     attack_log_odds,
@@ -56,6 +56,7 @@ from bench.fewshot_variants import (
     WithTrees,
     l2_normalise,
     pseudo_classes,
+    with_classes,
     with_pseudo_classes,
 )
 
@@ -249,10 +250,10 @@ def run(budget: Budget, seeds: int, progress: Callable[[str], None]) -> dict[str
     add(_row(f"ensemble of {AGENT_MEMBERS} separately trained learners (disjoint seeds)",
              [runner.test(SeedEnsemble([runner.learner("plain", PLAIN, AGENT_MEMBERS * s + i)
                                         for i in range(AGENT_MEMBERS)])) for s in seed_list]))
-    weight, scores = _choose(runner, TREE_WEIGHTS, lambda w: WithTrees(
+    tree_weight, scores = _choose(runner, TREE_WEIGHTS, lambda w: WithTrees(
         runner.learner("plain", PLAIN, 0, selection=True), weight=w), "trees weight")
-    add(_row(f"memory + extra trees fitted on the support set (trees weight {weight})",
-             [runner.test(WithTrees(runner.learner("plain", PLAIN, s), weight=weight))
+    add(_row(f"memory + extra trees fitted on the support set (trees weight {tree_weight})",
+             [runner.test(WithTrees(runner.learner("plain", PLAIN, s), weight=tree_weight))
               for s in seed_list], validation=scores))
 
     d_in = episodes.train.x.shape[1]
@@ -287,6 +288,13 @@ def run(budget: Budget, seeds: int, progress: Callable[[str], None]) -> dict[str
     add(_row(f"memory keys, class covariance shrunk to the episode's (ridge {beta})",
              [runner.test(ShrunkMahalanobis(runner.learner("plain", PLAIN, s).project, beta=beta))
               for s in seed_list], validation=scores))
+
+    rare = rare_known_attack_types()
+    wider = Learned(lambda d: with_classes(d, rare), {})
+    add(_row(f"more training classes: {len(rare.class_names)} attack types too rare in "
+             f"KDDTrain+_20Percent, with their KDDTest+ records ({', '.join(rare.class_names)})",
+             [runner.test(runner.learner("wider", wider, s)) for s in seed_list],
+             uses_test_file=True))
 
     def modes_kind(k: int) -> Learned:
         return Learned(lambda d: pseudo_classes(d, max_modes=k), {})
@@ -323,6 +331,14 @@ def run(budget: Budget, seeds: int, progress: Callable[[str], None]) -> dict[str
         add(_row(f"memory, benign supported by {size} reference records",
                  [reference_base_rate(runner, runner.learner("plain", PLAIN, s), size, s)
                   for s in seed_list], reference=size))
+        add(_row(f"raw extra trees, benign supported by {size} reference records",
+                 [reference_base_rate(runner, ExtraTrees(), size, 0)], baseline=True,
+                 reference=size))
+        add(_row(f"memory + extra trees (weight {tree_weight}), benign supported by {size} "
+                 "reference records",
+                 [reference_base_rate(runner, WithTrees(runner.learner("plain", PLAIN, s),
+                                                        weight=tree_weight), size, s)
+                  for s in seed_list], reference=size))
     return {"rows": rows, "seeds": seeds, "training_episodes": runner.training_episodes,
             "test_episodes": budget.test_episodes, "validation_classes":
             episodes.summary["validation_classes"], "machine": _machine()}
@@ -352,7 +368,8 @@ def markdown(result: dict[str, Any]) -> str:
             else:
                 cells.append(f"{_pct(row['mean'][metric])} [{_pct(row['min'][metric])}–"
                              f"{_pct(row['max'][metric])}]")
-        name = row["idea"] + (" *(transductive)*" if row.get("transductive") else "")
+        name = row["idea"] + (" *(transductive)*" if row.get("transductive") else "") + (
+            " *(uses the test file)*" if row.get("uses_test_file") else "")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

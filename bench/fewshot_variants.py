@@ -22,6 +22,8 @@ learner and the raw-feature baselines on the same episodes, and kept only if it 
 - :func:`with_pseudo_classes`: the k-means clusters of an unlabelled stream added as classes
   (self-supervision on what the agent sees; transductive when the stream holds the test
   records).
+- :func:`with_classes`: other labelled classes added as training classes (more distinct tasks
+  from real attack types rather than from clusters).
 """
 
 from __future__ import annotations
@@ -222,11 +224,21 @@ def with_pseudo_classes(data: LabelledSet, stream: np.ndarray, *, clusters: int,
     kept = np.flatnonzero(sizes >= min_records)
     member = np.isin(assignment, kept)
     new_label = np.full(clusters, -1, np.int64)
-    new_label[kept] = len(data.class_names) + np.arange(len(kept))
-    return LabelledSet(
-        np.concatenate([data.x, stream[member].astype(data.x.dtype)]),
-        np.concatenate([data.y, new_label[assignment[member]]]),
-        (*data.class_names, *(f"stream#{c}" for c in kept)))
+    new_label[kept] = np.arange(len(kept))
+    clustered = LabelledSet(stream[member], new_label[assignment[member]],
+                            tuple(f"stream#{c}" for c in kept))
+    return with_classes(data, clustered)
+
+
+def with_classes(data: LabelledSet, extra: LabelledSet) -> LabelledSet:
+    """``data`` plus the classes of ``extra`` as new classes after it; a class name in both
+    is refused, since merging two sources of one class is a different experiment."""
+    shared = set(data.class_names) & set(extra.class_names)
+    if shared:
+        raise ValueError(f"Classes {sorted(shared)} are in both sets.")
+    return LabelledSet(np.concatenate([data.x, extra.x.astype(data.x.dtype)]),
+                       np.concatenate([data.y, extra.y + len(data.class_names)]),
+                       (*data.class_names, *extra.class_names))
 
 
 def pseudo_classes(data: LabelledSet, *, records_per_mode: int = 60, max_modes: int = 10,

@@ -32,6 +32,7 @@ from bench.fewshot_data import (  # noqa: E402
     data_root,
     load_nsl_kdd_novel_split,
     load_omniglot_runs,
+    rare_known_attack_types,
     split_characters,
     with_rotations,
 )
@@ -263,6 +264,19 @@ def test_nsl_kdd_split_matches_the_documented_protocol() -> None:
     plans = plan_episodes(one_shot.novel.y, ways=5, shots=1, queries=15, n_episodes=100, seed=0)
     accuracy = evaluate_accuracy(NearestNeighbour(), one_shot.novel.x, one_shot.novel.y, plans)
     assert 0.65 < accuracy.accuracy.mean < 0.75
+
+
+def test_rare_known_attack_types_are_neither_training_nor_novel_classes() -> None:
+    _require(DATA / "nsl-kdd" / "KDDTrain+_20Percent.txt")
+    _require(DATA / "nsl-kdd" / "KDDTest+.txt")
+    split = load_nsl_kdd_novel_split(min_novel_records=16)
+    rare = rare_known_attack_types()
+    # Counted in the files: 10 + 1231, 7 + 944, 6 + 20 and 2 + 18 records.
+    assert rare.class_counts() == {"buffer_overflow": 26, "guess_passwd": 1241,
+                                   "multihop": 20, "warezmaster": 951}
+    assert not set(rare.class_names) & set(split.train.class_names)
+    assert not set(rare.class_names) & set(split.novel.class_names)
+    assert rare.x.shape[1] == split.train.x.shape[1]
 
 
 def test_every_nsl_kdd_script_draws_the_same_episodes() -> None:

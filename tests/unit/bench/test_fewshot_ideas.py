@@ -24,6 +24,7 @@ from bench.fewshot_variants import (  # noqa: E402
     WithTrees,
     l2_normalise,
     pseudo_classes,
+    with_classes,
     with_pseudo_classes,
 )
 
@@ -183,12 +184,24 @@ def test_stream_clusters_become_new_classes_after_the_labelled_ones() -> None:
         assert len(group) == 40 and np.ptp(group[:, 0]) < 5
 
 
+def test_extra_classes_follow_the_training_classes_and_a_shared_name_is_refused() -> None:
+    base = LabelledSet(np.zeros((4, 2)), np.array([0, 0, 1, 1]), ("normal", "scan"))
+    extra = LabelledSet(np.ones((3, 2)), np.array([1, 0, 1]), ("guess", "warez"))
+    out = with_classes(base, extra)
+    assert out.class_names == ("normal", "scan", "guess", "warez")
+    np.testing.assert_array_equal(out.y, [0, 0, 1, 1, 3, 2, 3])
+    np.testing.assert_array_equal(out.x[4:], extra.x)
+    with pytest.raises(ValueError, match="scan"):
+        with_classes(base, LabelledSet(np.ones((1, 2)), np.array([0]), ("scan",)))
+
+
 def test_l2_normalise_gives_unit_rows_and_leaves_zero_rows_alone() -> None:
     out = l2_normalise(np.array([[3.0, 4.0], [0.0, 0.0]]))
     assert np.allclose(out, [[0.6, 0.8], [0.0, 0.0]])
 
 
-def test_the_report_gives_seed_ranges_and_marks_transductive_rows(tmp_path: Path) -> None:
+def test_the_report_gives_seed_ranges_and_marks_transductive_and_test_file_rows(
+        tmp_path: Path) -> None:
     def row(idea: str, values: list[dict[str, float]], **extra: object) -> dict[str, object]:
         keys = values[0].keys()
         return {"idea": idea, "per_seed": values, **extra,
@@ -201,10 +214,12 @@ def test_the_report_gives_seed_ranges_and_marks_transductive_rows(tmp_path: Path
         row("memory", [{"5w1s": 0.70, "5w5s": 0.93, "base rate 5w5s": 0.6},
                        {"5w1s": 0.78, "5w5s": 0.95, "base rate 5w5s": 0.7}]),
         row("slots", [{"5w1s": 0.8, "5w5s": 0.9}, {"5w1s": 0.8, "5w5s": 0.9}],
-            transductive=True)]}
+            transductive=True),
+        row("wider", [{"5w1s": 0.7, "5w5s": 0.9}], uses_test_file=True)]}
     text = markdown(result)
     assert "| raw 1-NN | 70.0 | 90.0 | – | – |" in text
     assert "| memory | 74.0 [70.0–78.0] | 94.0 [93.0–95.0] | – | 65.0 [60.0–70.0] |" in text
     assert "slots *(transductive)*" in text
+    assert "wider *(uses the test file)*" in text and "memory *(" not in text
     plot(result, tmp_path / "ideas.png")
     assert (tmp_path / "ideas.png").stat().st_size > 1000
