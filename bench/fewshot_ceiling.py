@@ -39,7 +39,7 @@ from bench.fewshot_data import LabelledSet, load_nsl_kdd_novel_split
 from bench.fewshot_harness import (
     EpisodePlan,
     FewShotMethod,
-    evaluate_accuracy,
+    accuracy_by_task,
     evaluate_base_rate,
     mean_with_ci,
     plan_episodes,
@@ -82,9 +82,7 @@ class Halves:
 
     def few_shot(self, method: FewShotMethod) -> dict[str, float]:
         """A few-shot method on half B's episodes (support and queries both from half B)."""
-        out = {key: evaluate_accuracy(method, self.attack_x, self.attack_y, plans,
-                                      progress_every=0).accuracy.mean
-               for key, plans in self.plans.items()}
+        out = accuracy_by_task(method, self.attack_x, self.attack_y, self.plans)
         for key, plans in self.base_rate_plans.items():
             out[f"base rate {key}"] = evaluate_base_rate(
                 method, self.xb, self.yb, plans).recall_at_fpr.mean

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -186,6 +186,13 @@ def evaluate_accuracy(
                 accuracies[: i + 1].mean(),
             )
     return AccuracyResult(mean_with_ci(accuracies), accuracies, time.perf_counter() - started)
+
+
+def accuracy_by_task(method: FewShotMethod, x: np.ndarray, y: np.ndarray,
+                     plans: Mapping[str, Sequence[EpisodePlan]]) -> dict[str, float]:
+    """Mean episode accuracy per task (e.g. ``5w1s``), every task's plans drawn from ``x``."""
+    return {task: evaluate_accuracy(method, x, y, task_plans, progress_every=0).accuracy.mean
+            for task, task_plans in plans.items()}
 
 
 @dataclass(frozen=True)

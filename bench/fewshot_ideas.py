@@ -40,6 +40,7 @@ from bench.fewshot_baselines import (
 from bench.fewshot_data import LabelledSet, rare_known_attack_types, unlabelled_stream
 from bench.fewshot_harness import (
     FewShotMethod,
+    accuracy_by_task,
     attack_log_odds,
     evaluate_accuracy,
     evaluate_base_rate,
@@ -47,7 +48,7 @@ from bench.fewshot_harness import (
     mean_with_ci,
     recall_at_fpr,
 )
-from bench.fewshot_report import run_and_write
+from bench.fewshot_report import run_and_write, seed_range
 from bench.fewshot_variants import (
     PrototypeFineTune,
     SeedEnsemble,
@@ -128,10 +129,8 @@ class Runner:
 
     def validation(self, method: FewShotMethod) -> float:
         """Mean validation accuracy over both shot counts: the number choices are made on."""
-        return float(np.mean([
-            evaluate_accuracy(method, self.e.stage_val.x, self.e.stage_val.y, plans,
-                              progress_every=0).accuracy.mean
-            for plans in self.e.val_plans.values()]))
+        return float(np.mean(list(accuracy_by_task(
+            method, self.e.stage_val.x, self.e.stage_val.y, self.e.val_plans).values())))
 
     def test(self, method: FewShotMethod, transform: Callable[[np.ndarray], np.ndarray] | None
              = None) -> dict[str, float]:
@@ -344,10 +343,6 @@ def run(budget: Budget, seeds: int, progress: Callable[[str], None]) -> dict[str
             episodes.summary["validation_classes"], "machine": _machine()}
 
 
-def _pct(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.1f}"
-
-
 def markdown(result: dict[str, Any]) -> str:
     metrics = [*TASKS, *(f"base rate {t}" for t in TASKS)]
     lines = [
@@ -359,15 +354,8 @@ def markdown(result: dict[str, Any]) -> str:
         "% at benign FPR ≤ 1 %.", "",
         "| idea | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
     for row in result["rows"]:
-        cells = []
-        for metric in metrics:
-            if metric not in row["mean"]:
-                cells.append("–")
-            elif len(row["per_seed"]) == 1:
-                cells.append(_pct(row["mean"][metric]))
-            else:
-                cells.append(f"{_pct(row['mean'][metric])} [{_pct(row['min'][metric])}–"
-                             f"{_pct(row['max'][metric])}]")
+        cells = [seed_range([seed[metric] for seed in row["per_seed"]])
+                 if metric in row["mean"] else "–" for metric in metrics]
         name = row["idea"] + (" *(transductive)*" if row.get("transductive") else "") + (
             " *(uses the test file)*" if row.get("uses_test_file") else "")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")

@@ -9,9 +9,19 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+
+def seed_range(fractions: Sequence[float]) -> str:
+    """Per-seed figures (fractions) as one percentage cell: the mean and, over several seeds,
+    the lowest and highest in brackets, since one training seed moves a figure by more than
+    the episode CI does."""
+    values = [100 * value for value in fractions]
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{sum(values) / len(values):.1f} [{min(values):.1f}–{max(values):.1f}]"
 
 
 def _cell(entry: dict[str, Any] | None, expected_episodes: int | None = None) -> str:

@@ -24,7 +24,7 @@ another, so no fold's test types were seen by its learners.
 
 Run from the repository root::
 
-    nice -n 10 .venv/bin/python -m bench.fewshot_transfer      # about 10 min on 2 cores
+    nice -n 10 .venv/bin/python -m bench.fewshot_transfer      # about 5 min on 2 cores
 
 Writes ``fewshot_transfer.json`` and ``fewshot_transfer.md`` to ``--out`` (docs/bench).
 """
@@ -42,10 +42,10 @@ import numpy as np
 
 from bench.fewshot import _machine
 from bench.fewshot_baselines import ExtraTrees, NearestNeighbour, RangeScaledNearestNeighbour
-from bench.fewshot_data import LabelledSet, load_nsl_kdd_novel_split, rare_known_attack_types
-from bench.fewshot_harness import FewShotMethod, evaluate_accuracy, plan_episodes
+from bench.fewshot_data import load_nsl_kdd_novel_split, rare_known_attack_types
+from bench.fewshot_harness import accuracy_by_task, plan_episodes
 from bench.fewshot_ideas import EPISODES, meta_train
-from bench.fewshot_report import run_and_write
+from bench.fewshot_report import run_and_write, seed_range
 from bench.fewshot_variants import with_classes
 
 logger = logging.getLogger("bench.fewshot_transfer")
@@ -71,23 +71,10 @@ def folds(novel_types: Sequence[str]) -> list[tuple[tuple[str, ...], tuple[str, 
     return out
 
 
-def _accuracies(method: FewShotMethod, test: LabelledSet, plans: dict[str, Any]
-                ) -> dict[str, float]:
-    return {key: evaluate_accuracy(method, test.x, test.y, task_plans,
-                                   progress_every=0).accuracy.mean
-            for key, task_plans in plans.items()}
-
-
 def run(seeds: int, test_episodes: int, progress: Callable[[str], None]) -> dict[str, Any]:
     split = load_nsl_kdd_novel_split(min_novel_records=20)
     rare = rare_known_attack_types()
-    training_sets: dict[str, Callable[[LabelledSet], LabelledSet]] = {
-        f"memory, {len(split.train.class_names)} training classes": lambda extra: split.train,
-        f"memory, + {len(rare.class_names)} rare known types":
-            lambda extra: with_classes(split.train, rare),
-        "memory, + rare known types + the fold's 3 novel types":
-            lambda extra: with_classes(with_classes(split.train, rare), extra),
-    }
+    wider = with_classes(split.train, rare)
     out_folds = []
     for number, (training, testing) in enumerate(folds(split.novel.class_names)):
         test = split.novel.subset(testing)
@@ -97,26 +84,22 @@ def run(seeds: int, test_episodes: int, progress: Callable[[str], None]) -> dict
         rows: list[dict[str, Any]] = []
         for method in (NearestNeighbour(), RangeScaledNearestNeighbour(), ExtraTrees()):
             rows.append({"method": f"raw {method.name}", "per_seed": [
-                _accuracies(method, test, plans)]})
+                accuracy_by_task(method, test.x, test.y, plans)]})
             progress(f"fold {number} {rows[-1]['method']}: {rows[-1]['per_seed'][0]}")
-        extra = split.novel.subset(training)
-        for name, training_set in training_sets.items():
-            data = training_set(extra)
+        training_sets = (
+            (f"memory, {len(split.train.class_names)} training classes", split.train),
+            (f"memory, + {len(rare.class_names)} rare known types", wider),
+            ("memory, + rare known types + the fold's 3 novel types",
+             with_classes(wider, split.novel.subset(training))))
+        for name, data in training_sets:
             rows.append({"method": name, "classes": len(data.class_names), "per_seed": [
-                _accuracies(meta_train(data, seed, EPISODES, {}), test, plans)
+                accuracy_by_task(meta_train(data, seed, EPISODES, {}), test.x, test.y, plans)
                 for seed in range(seeds)]})
             progress(f"fold {number} {name}: {rows[-1]['per_seed']}")
         out_folds.append({"training_types": list(training), "test_types": list(testing),
                           "rows": rows})
     return {"folds": out_folds, "seeds": seeds, "test_episodes": test_episodes,
             "training_episodes": EPISODES, "machine": _machine()}
-
-
-def _cell(per_seed: Sequence[dict[str, float]], key: str) -> str:
-    values = [100 * figures[key] for figures in per_seed]
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{np.mean(values):.1f} [{min(values):.1f}–{max(values):.1f}]"
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -131,8 +114,8 @@ def markdown(result: dict[str, Any]) -> str:
                   f"{', '.join(fold['test_types'])}**", "",
                   "| method | " + " | ".join(TASKS) + " |", "|---|" + "---:|" * len(TASKS)]
         for row in fold["rows"]:
-            lines.append(f"| {row['method']} | "
-                         + " | ".join(_cell(row["per_seed"], key) for key in TASKS) + " |")
+            cells = [seed_range([seed[key] for seed in row["per_seed"]]) for key in TASKS]
+            lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["**Mean over the folds**", "", "| method | " + " | ".join(TASKS) + " |",
               "|---|" + "---:|" * len(TASKS)]

@@ -37,6 +37,7 @@ from bench.fewshot_data import (  # noqa: E402
     with_rotations,
 )
 from bench.fewshot_harness import (  # noqa: E402
+    accuracy_by_task,
     evaluate_accuracy,
     evaluate_base_rate,
     materialise,
@@ -45,7 +46,7 @@ from bench.fewshot_harness import (  # noqa: E402
     recall_at_fpr,
 )
 from bench.fewshot_methods import choose_weight, concatenate_features  # noqa: E402
-from bench.fewshot_report import write_plots, write_tables  # noqa: E402
+from bench.fewshot_report import seed_range, write_plots, write_tables  # noqa: E402
 
 DATA = data_root()
 
@@ -179,6 +180,24 @@ def test_baselines_separate_easy_classes_and_fail_on_noise() -> None:
     noise = rng.normal(size=easy.x.shape).astype(np.float32)
     chance = evaluate_accuracy(NearestNeighbour(), noise, easy.y, plans).accuracy.mean
     assert chance < 0.45
+
+
+def test_accuracy_by_task_scores_each_task_on_its_own_plans() -> None:
+    easy = _blobs(n_classes=8, per_class=25, dim=6, spread=0.3, seed=5)
+    plans = {k: plan_episodes(easy.y, ways=5, shots=s, queries=5, n_episodes=10, seed=0)
+             for k, s in (("5w1s", 1), ("5w5s", 5))}
+    out = accuracy_by_task(NearestNeighbour(), easy.x, easy.y, plans)
+    assert set(out) == {"5w1s", "5w5s"}
+    for task, task_plans in plans.items():
+        expected = evaluate_accuracy(NearestNeighbour(), easy.x, easy.y, task_plans)
+        assert out[task] == expected.accuracy.mean
+    noise = np.random.default_rng(1).normal(size=easy.x.shape)
+    assert max(accuracy_by_task(NearestNeighbour(), noise, easy.y, plans).values()) < 0.6
+
+
+def test_seed_range_gives_one_figure_for_one_seed_and_the_spread_for_several() -> None:
+    assert seed_range([0.7]) == "70.0"
+    assert seed_range([0.70, 0.78, 0.74]) == "74.0 [70.0–78.0]"
 
 
 def test_base_rate_evaluation_reports_recall_and_auc() -> None:
