@@ -10,6 +10,7 @@ from __future__ import annotations
 from adapters.base import (
     ERROR_CODES,
     Batch,
+    CountedStream,
     RawRecord,
     RecordFormat,
     ServerSource,
@@ -30,6 +31,7 @@ __all__ = [
     "ERROR_CODES",
     "Batch",
     "ColumnarRecords",
+    "CountedStream",
     "CsvFileSource",
     "FileMode",
     "HttpIngestSource",

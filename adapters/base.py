@@ -266,6 +266,21 @@ class SharedSource(Protocol):
         ...
 
 
+class CountedStream(Protocol):
+    """A source read through a consumer group or a broker session: it reports `StreamStats`,
+    which never waits for the server (a health thread reads them too).
+
+    Not runtime-checkable: on Python 3.11 ``isinstance`` would read the property to check it.
+    """
+
+    name: str
+
+    @property
+    def stream_stats(self) -> StreamStats:
+        """The backlog as last read, and this source's counts since it started."""
+        ...
+
+
 @runtime_checkable
 class ServerSource(Protocol):
     """A source that reads from a server, and can therefore be cut off from it."""

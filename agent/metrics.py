@@ -16,7 +16,7 @@ import math
 import platform
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Final
@@ -375,16 +375,19 @@ class Metrics:
         self._stream_oldest: dict[str, int | None] = {}
         self._stream_lock = threading.Lock()
 
-    def observe_stream(self, source: str, stats: StreamStats) -> None:
+    def observe_stream(self, source: str, read: Callable[[], StreamStats]) -> None:
         """Export a consumer-group source's figures; counters advance by what is new.
 
-        Called after each batch and by the health thread, so the counters take the difference
-        from the last call (a source object started afresh counts from 0 again).
+        Called after each fetch round (one that only acknowledges or claims too) and by the
+        health thread, so the counters take the difference from the last call (a source object
+        started afresh counts from 0 again). ``read`` takes the snapshot under the lock: one
+        taken earlier and exported later would look like a restart and be counted twice.
         """
         def value(figure: int | None) -> float:
             return math.nan if figure is None else float(figure)
 
         with self._stream_lock:
+            stats = read()
             self.source_reachable.labels(source).set(1 if stats.reachable else 0)
             self.stream_pending.labels(source).set(value(stats.pending))
             self.stream_lag.labels(source).set(value(stats.group_lag))

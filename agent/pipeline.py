@@ -35,11 +35,11 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
-from adapters.base import Batch, RawRecord, SharedSource, Source
+from adapters.base import Batch, CountedStream, RawRecord, SharedSource, Source
 from adapters.columnar import ColumnarRecords
 from agent.config import AgentConfig
 from agent.detection import DetectorSet, Judgement, window_bounds
@@ -551,9 +551,10 @@ def position_name(source: Source) -> str:
 
 def observe_stream(metrics: Metrics, source: Source) -> None:
     """Export a consumer-group source's backlog and counts (Redis Streams), if it has them."""
-    stats = getattr(source, "stream_stats", None)
-    if stats is not None:
-        metrics.observe_stream(source.name, stats)
+    if getattr(type(source), "stream_stats", None) is None:
+        return
+    counted = cast(CountedStream, source)
+    metrics.observe_stream(counted.name, lambda: counted.stream_stats)
 
 
 def offset_key_at(records: Sequence[RawRecord], index: int) -> str:

@@ -43,7 +43,7 @@ from agent.config import (
 from agent.datafile import file_sha256, read_records
 from agent.health import READINESS_TIMEOUT_S, BoundedProbe
 from agent.metrics import Metrics
-from agent.pipeline import BatchOutcome, Pipeline
+from agent.pipeline import BatchOutcome, Pipeline, observe_stream
 from agent.schema import Encoder
 from detectors.base import FeatureBatch
 from storage import Store, StoreTimeouts, StoreUnavailable
@@ -308,6 +308,8 @@ class Agent:
                     self.totals.add(outcome)
                     if on_batch is not None:
                         on_batch(outcome)
+                else:  # a round may still claim or acknowledge entries (already committed)
+                    observe_stream(self.metrics, source)
                 if batch.exhausted:
                     active.remove(source)
                     self.metrics.source_exhausted.labels(source.name).set(1)

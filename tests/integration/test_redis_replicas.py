@@ -153,7 +153,13 @@ def test_two_replicas_share_a_stream_and_take_over_a_killed_ones_entries(
                 assert time.monotonic() < deadline, "replica-b did not drain the stream"
                 time.sleep(0.2)
             assert _pending_of(client, key, "replica-a") == 0
-            claimed = _metric(ports["replica-b"], "metasentry_stream_entries_claimed_total")
+            # The counter is exported just after the round's acknowledgements: poll briefly.
+            deadline = time.monotonic() + 15
+            while True:
+                claimed = _metric(ports["replica-b"], "metasentry_stream_entries_claimed_total")
+                if (claimed is not None and claimed >= orphaned) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
             assert claimed is not None and claimed >= orphaned >= 20
             survivor = processes["replica-b"]
             survivor.send_signal(signal.SIGTERM)

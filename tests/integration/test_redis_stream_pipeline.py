@@ -112,6 +112,37 @@ def test_a_crash_between_commit_and_ack_replays_nothing_twice(
     restarted.close()
 
 
+def test_a_round_that_only_acknowledges_updates_the_counters(
+        write_config: Callable[..., Path], stream: tuple[Any, str]) -> None:
+    """The last batch is committed and the process dies before XACK: after the restart no
+    batch is judged at all, yet the redelivered counter says at once what was acknowledged
+    (not only at the health thread's next round)."""
+    client, key = stream
+    fill_stream(client, key, 500)
+    config_path = write_config(live_model=True, **{"sources": [source_spec(key)],
+                                                   "pipeline.batch_size": 250})
+    agent = started_agent(config_path)
+    source = the_source(agent)
+    real_ack = source.ack
+
+    def ack_all_but_the_last(batch: Any) -> None:
+        if group_state(client, key)["lag"] == 0:  # type: ignore[index]
+            raise Crash()
+        real_ack(batch)
+
+    source.ack = ack_all_but_the_last  # type: ignore[method-assign]
+    with pytest.raises(Crash):
+        agent.run_sources(stop_when_exhausted=False)
+    agent.store.close()
+
+    restarted = started_agent(config_path)
+    totals = run_until(restarted, lambda: drained(client, key))
+    assert totals.received == 0, "the committed batch is not judged again"
+    assert sample(restarted, "metasentry_stream_entries_redelivered_total",
+                  source="events") == 250
+    restarted.close()
+
+
 def test_poison_entries_are_quarantined_once_and_acknowledged(
         write_config: Callable[..., Path], stream: tuple[Any, str]) -> None:
     client, key = stream

@@ -259,10 +259,12 @@ def test_lost_sessions_are_exported_as_a_counter_that_never_goes_back() -> None:
         return metrics.registry.get_sample_value("metasentry_source_sessions_lost_total",
                                                  {"source": "telemetry"})
 
-    metrics.observe_stream("telemetry", StreamStats(sessions_lost=0))
+    metrics.observe_stream("telemetry", lambda: StreamStats(sessions_lost=0))
     assert lost() == 0
-    metrics.observe_stream("telemetry", StreamStats(sessions_lost=2))
-    metrics.observe_stream("telemetry", StreamStats(sessions_lost=2))  # the health thread again
+    metrics.observe_stream("telemetry", lambda: StreamStats(sessions_lost=2))
+    # the health thread again
+    metrics.observe_stream("telemetry", lambda: StreamStats(sessions_lost=2))
     assert lost() == 2
-    metrics.observe_stream("telemetry", StreamStats(sessions_lost=1))  # a source started afresh
+    # a source started afresh
+    metrics.observe_stream("telemetry", lambda: StreamStats(sessions_lost=1))
     assert lost() == 3
