@@ -16,6 +16,10 @@ so several replicas on one PostgreSQL never build rival versions). A run:
 
 A crash anywhere before step 4 leaves no version behind and the labels pending; a crash
 after it leaves a complete, consistent registry: there is no half-written active version.
+
+A candidate keeps its parent's ``model.*`` settings (``SERVING_SETTINGS``). When agent.yaml
+changes them, :meth:`Adapter.apply_configured_settings` (at start) builds the active version
+again with the configured ones and puts it through the same check.
 """
 
 from __future__ import annotations
@@ -29,10 +33,11 @@ from typing import Any
 from agent.canary import CanaryLimits, failed_limits
 from agent.config import AgentConfig
 from agent.metrics import Metrics
-from agent.model_runtime import ModelRuntime
+from agent.model_runtime import ModelRuntime, describe_settings
 from agent.screening import ActorRecord, Candidate, screen
 from agent.support import label_support
-from storage import NewIncident, Store
+from meta.live import AlertModel
+from storage import ModelVersion, NewIncident, Store
 
 log = logging.getLogger(__name__)
 
@@ -126,13 +131,15 @@ class Adapter:
         reasons = failed_limits(canary, serving_canary, limits)
         cfg = self.config.model
         figures = {"canary": canary.to_dict(), "serving_canary": serving_canary.to_dict()}
+        settings = self.runtime.settings_of(serving)  # the candidate keeps its parent's
         common: dict[str, Any] = {
             "algorithm": serving.algorithm, "path": serving.path,
-            "sha256": self.runtime.digest(serving.algorithm, serving.base_sha256 or "", records),
+            "sha256": self.runtime.digest(serving.algorithm, serving.base_sha256 or "", records,
+                                          settings),
             "metrics": figures, "base_sha256": serving.base_sha256,
             "parent": serving.version, "classes": list(candidate.classes),
             "label_ids": [r.label_id for r in records], "trigger": trigger,
-            "benign_class": cfg.benign_class,
+            "benign_class": cfg.benign_class, "settings": settings,
         }
         if reasons:
             return self._reject(common, reasons, accepted, held, figures)
@@ -150,6 +157,84 @@ class Adapter:
         return AdaptationOutcome(status="activated", version=version.version,
                                  labels_used=tuple(sorted(new_ids)), labels_held=held,
                                  canary=figures)
+
+    # --- a changed setting --------------------------------------------------------------------
+
+    def apply_configured_settings(self) -> AdaptationOutcome | None:
+        """Make the configured ``model.*`` settings serve, through a checked version.
+
+        A version keeps the settings it was registered with (its canary check passed that
+        model). When the configuration says otherwise, the active version is rebuilt with the
+        configured settings and the same labels, checked like an adaptation, and registered:
+        active if it passes, rejected (the active version keeps serving) if not. A version with
+        exactly those inputs registered before is reused: activated again, unless its check
+        rejected it. ``None``: the active version already has the configured settings.
+        """
+        with self.store.adaptation_lock(timeout_s=3600.0) as acquired:
+            if not acquired:
+                log.warning("another process held the adaptation lock for an hour; the "
+                            "configured model settings are applied at the next start")
+                return None
+            self.runtime.refresh()  # another replica may have done it already
+            serving = self.runtime.version
+            parent = self.runtime.current()
+            if serving is None or parent is None:
+                return None
+            recorded = self.runtime.settings_of(serving)
+            configured = self.runtime.configured_settings()
+            if recorded == configured:
+                return None
+            trigger = "settings: " + "; ".join(
+                f"model.{name} {recorded[name]} -> {configured[name]}"
+                for name in configured if recorded[name] != configured[name])
+            return self._rebuild_with(serving, parent, configured, trigger)
+
+    def _rebuild_with(self, serving: ModelVersion, parent: AlertModel,
+                      settings: dict[str, Any], trigger: str) -> AdaptationOutcome:
+        base_sha = serving.base_sha256 or ""
+        records = self.store.labelled_records(serving.label_ids)
+        sha256 = self.runtime.digest(serving.algorithm, base_sha, records, settings)
+        same = next((v for v in self.store.list_model_versions() if v.sha256 == sha256), None)
+        if same is not None and same.status == "rejected":
+            log.warning("model version %s (%s) was rejected by its canary check, so version "
+                        "%s keeps serving with %s: %s", same.version, trigger, serving.version,
+                        describe_settings(self.runtime.settings_of(serving)),
+                        "; ".join(same.reasons or []))
+            return AdaptationOutcome(status="rejected", version=same.version,
+                                     reasons=tuple(same.reasons or ()))
+        if same is not None:
+            self.runtime.activate(same.version)
+            log.info("model version %s (%s) registered earlier with these inputs is active "
+                     "again", same.version, trigger)
+            return AdaptationOutcome(status="activated", version=same.version)
+        learner = self.runtime.base_learner(base_sha, serving.algorithm)
+        candidate = self.runtime.rebuild(serving.algorithm, base_sha, learner, records, settings)
+        label_ids = {r.label_id for r in records}
+        serving_canary = self.runtime.evaluate(parent, earlier=label_ids)
+        canary = self.runtime.evaluate(candidate, earlier=label_ids)
+        reasons = failed_limits(canary, serving_canary, CanaryLimits(
+            self.config.adaptation.max_known_drop, self.config.adaptation.max_benign_increase))
+        figures = {"canary": canary.to_dict(), "serving_canary": serving_canary.to_dict()}
+        version = self.store.add_model_version(
+            version=self.store.next_model_version(), algorithm=serving.algorithm,
+            path=serving.path, sha256=sha256, metrics=figures, activate=not reasons,
+            status="rejected" if reasons else "active", reasons=reasons or None,
+            base_sha256=serving.base_sha256, parent=serving.version,
+            classes=list(candidate.classes), label_ids=sorted(label_ids), trigger=trigger,
+            benign_class=self.config.model.benign_class, settings=settings)
+        if reasons:
+            self.metrics.adaptations.labels("rejected").inc()
+            log.warning("model version %s (%s) rejected, version %s keeps serving with %s: %s",
+                        version.version, trigger, serving.version,
+                        describe_settings(self.runtime.settings_of(serving)), "; ".join(reasons))
+            return AdaptationOutcome(status="rejected", version=version.version,
+                                     reasons=tuple(reasons), canary=figures)
+        self.runtime.install(candidate, version, canary)
+        self.metrics.adaptations.labels("activated").inc()
+        log.info("model version %s active (%s): canary accuracy %.1f%%, benign false-alarm "
+                 "rate %.2f%%", version.version, trigger, 100 * canary.known_accuracy,
+                 100 * canary.benign_false_alarm_rate)
+        return AdaptationOutcome(status="activated", version=version.version, canary=figures)
 
     def _screen(self, pending: list[Any], parent: Any) -> tuple[dict[int, str], list[Any]]:
         support = label_support(pending, self.runtime.encoder)

@@ -2,11 +2,12 @@
 
 Versions live in the registry (``model_versions``). A version is defined by its inputs — the
 base learner (meta-trained weights, stored once in the database as a verified artifact), the
-labelled reference and its canary split, and the analyst labels it enrols — and its sha256 is
-computed from them, so any agent process on the same database can rebuild exactly that model
-and check it is the one that was registered before serving it. Building takes a fraction of a
-second (enrolment is a forward pass and a few distance rows), so nothing large is stored per
-version and a hot swap costs one rebuild.
+labelled reference and its canary split, the analyst labels it enrols, and the settings that
+shape its answers (recorded with it) — and its sha256 is computed from them, so any agent
+process on the same database can rebuild exactly that model and check it is the one that was
+registered before serving it. Building takes a fraction of a second (enrolment is a forward
+pass and a few distance rows), so nothing large is stored per version and a hot swap costs one
+rebuild.
 
 The pipeline pins one model per batch (:meth:`ModelRuntime.pinned`), so a swap never splits a
 batch between two versions; a swap installed by this process's adaptation applies from the
@@ -41,6 +42,9 @@ from storage import AGENT_ACTOR, ModelVersion, Store
 log = logging.getLogger(__name__)
 
 KNN_BASE = "knn"  # base "artifact" of the knn model: there are no weights to store
+SERVING_SETTINGS = ("min_class_calibration", "min_reference_records_to_name")
+"""``model.*`` settings that change what a version answers: recorded with it, part of its
+sha256, and a new (checked) version when the configured values change."""
 ENCODER_TOLERANCE = 1e-6
 
 
@@ -63,7 +67,7 @@ class ModelRuntime:
                                                      seed=cfg.seed)
         self._support_digest = support_digest(self.split.support)  # fixed: hash it once
         self._learners: dict[str, Any] = {}
-        self._reference_models: dict[tuple[str, str], AlertModel] = {}
+        self._reference_models: dict[tuple[Any, ...], AlertModel] = {}
         self._model: AlertModel | None = None
         self._version: ModelVersion | None = None
         self._canary: CanaryReport | None = None
@@ -185,33 +189,69 @@ class ModelRuntime:
                 f"model version {version.version} enrols labels {missing[:5]} that are no "
                 "longer in the database; activate another version (`metasentry models "
                 "activate V`).")
-        digest = self.digest(version.algorithm, base_sha, records)
+        settings = self.settings_of(version)
+        digest = self.digest(version.algorithm, base_sha, records, version.settings)
         if digest != version.sha256:
             raise ModelLoadError(
                 f"model version {version.version} does not match its recorded sha256 "
-                f"({version.sha256[:12]}…, rebuilt {digest[:12]}…): its labels, the reference "
-                "file or the benign class changed since it was registered; refusing to serve it.")
-        # The same path the adapting process took: the reference model, then the labels
-        # enrolled into it, so every replica serves the same model.
-        base = self._reference_model(version.algorithm, base_sha, learner)
+                f"({version.sha256[:12]}…, rebuilt {digest[:12]}…): its labels, its recorded "
+                "settings, the reference file or the benign class changed since it was "
+                "registered; refusing to serve it.")
+        if version.settings is None:
+            log.warning("model version %s was registered before versions recorded their "
+                        "settings: it is served with the configured %s", version.version,
+                        describe_settings(self.configured_settings()))
+        return self.rebuild(version.algorithm, base_sha, learner, records, settings)
+
+    def rebuild(self, algorithm: str, base_sha: str, learner: Any, records: list[Any],
+                settings: dict[str, Any]) -> AlertModel:
+        """The model of a version with these inputs, the way the adapting process built it:
+        the reference model, then the labels enrolled into it, so every replica serves the
+        same model."""
+        base = self._reference_model(algorithm, base_sha, learner, settings)
         return self.build_with(base, records) if records else base
 
     def build_with(self, parent: AlertModel, records: list[Any]) -> AlertModel:
-        """``parent`` with more labelled records enrolled (fast for memory-style learners)."""
-        return parent.with_records(label_support(records, self.encoder),
-                                   min_class_calibration=self.config.model.min_class_calibration)
+        """``parent`` with more labelled records enrolled (fast for memory-style learners), its
+        settings kept."""
+        return parent.with_records(label_support(records, self.encoder))
 
-    def _reference_model(self, algorithm: str, base_sha: str, learner: Any) -> AlertModel:
-        """The model adapted to the labelled reference alone (built once per base weights)."""
-        key = (algorithm, base_sha)
+    def _reference_model(self, algorithm: str, base_sha: str, learner: Any,
+                         settings: dict[str, Any]) -> AlertModel:
+        """The model adapted to the labelled reference alone (built once per base weights and
+        settings)."""
+        key = (algorithm, base_sha, tuple(sorted(settings.items())))
         if key not in self._reference_models:
-            self._reference_models[key] = self._build(algorithm, learner, self.split.support)
+            self._reference_models[key] = self._build(algorithm, learner, self.split.support,
+                                                      settings)
         return self._reference_models[key]
 
-    def digest(self, algorithm: str, base_sha256: str, records: list[Any]) -> str:
-        """The sha256 a version with these inputs is registered under."""
+    def configured_settings(self) -> dict[str, Any]:
+        """The ``model.*`` settings a version registered now is built with."""
+        return {name: getattr(self.config.model, name) for name in SERVING_SETTINGS}
+
+    def settings_of(self, version: ModelVersion) -> dict[str, Any]:
+        """What ``version`` is built with: its recorded settings, or the configured ones for a
+        version registered before settings were recorded (it was always built with those)."""
+        if version.settings is None:
+            return self.configured_settings()
+        missing = [name for name in SERVING_SETTINGS if name not in version.settings]
+        if missing:
+            raise ModelLoadError(
+                f"model version {version.version} records no value for "
+                f"{', '.join('model.' + name for name in missing)}; activate another version.")
+        return {name: version.settings[name] for name in SERVING_SETTINGS}
+
+    def digest(self, algorithm: str, base_sha256: str, records: list[Any],
+               settings: dict[str, Any] | None) -> str:
+        """The sha256 a version with these inputs is registered under.
+
+        The settings that change what the rebuilt model answers are inputs too: the canary
+        check passed one model, and a version must not come back as another. ``None``: the
+        digest of versions registered before settings were recorded.
+        """
         cfg = self.config.model
-        return version_digest({
+        inputs: dict[str, Any] = {
             "algorithm": algorithm,
             "base_sha256": base_sha256,
             "benign_class": cfg.benign_class,
@@ -220,7 +260,10 @@ class ModelRuntime:
             "canary_fraction": cfg.canary_fraction,
             "seed": cfg.seed,
             "labels": labels_digest(records),
-        })
+        }
+        if settings is not None:
+            inputs["settings"] = {name: settings[name] for name in SERVING_SETTINGS}
+        return version_digest(inputs)
 
     def evaluate(self, model: AlertModel, *, earlier: set[int] | frozenset[int] = frozenset(),
                  new: set[int] | frozenset[int] = frozenset()) -> CanaryReport:
@@ -239,25 +282,26 @@ class ModelRuntime:
             self._canary_cache = cached
         return cached[3]
 
-    def _build(self, algorithm: str, learner: Any, support: Any) -> AlertModel:
+    def _build(self, algorithm: str, learner: Any, support: Any,
+               settings: dict[str, Any]) -> AlertModel:
         cfg = self.config.model
         return AlertModel.build(algorithm, learner, support, benign_class=cfg.benign_class,
-                                min_class_calibration=cfg.min_class_calibration, seed=cfg.seed,
-                                min_reference_records_to_name=cfg.min_reference_records_to_name)
+                                seed=cfg.seed, **settings)
 
     def _create_first_version(self) -> ModelVersion:
         cfg = self.config.model
         started = time.perf_counter()
         learner, base_sha, trigger = self._first_learner()
-        model = self._reference_model(cfg.learner, base_sha, learner)
+        settings = self.configured_settings()
+        model = self._reference_model(cfg.learner, base_sha, learner, settings)
         canary = self.evaluate(model)
         version = self.store.add_model_version(
             version=self.store.next_model_version(), algorithm=cfg.learner,
             path=str(self._cache_dir(base_sha)) if learner is not None else "",
-            sha256=self.digest(cfg.learner, base_sha, []),
+            sha256=self.digest(cfg.learner, base_sha, [], settings),
             metrics={"canary": canary.to_dict(), "build_seconds": time.perf_counter() - started},
             activate=True, base_sha256=base_sha, parent=None, classes=list(model.classes),
-            label_ids=[], trigger=trigger, benign_class=cfg.benign_class)
+            label_ids=[], trigger=trigger, benign_class=cfg.benign_class, settings=settings)
         log.info("model version %s (%s, %d classes) registered and active: canary accuracy "
                  "%.1f%%, benign false-alarm rate %.2f%%", version.version, cfg.learner,
                  len(model.classes), 100 * canary.known_accuracy,
@@ -404,6 +448,11 @@ def _base_of(version: ModelVersion) -> str:
             f"model version {version.version} was registered before versions recorded their "
             "weights; activate a newer version or let the agent create one.")
     return version.base_sha256
+
+
+def describe_settings(settings: dict[str, Any]) -> str:
+    """``model.min_class_calibration=100, ...``: settings as an operator writes them."""
+    return ", ".join(f"model.{name}={settings[name]}" for name in SERVING_SETTINGS)
 
 
 def _canary_from(version: ModelVersion) -> CanaryReport | None:

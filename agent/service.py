@@ -196,8 +196,11 @@ class Agent:
         self.runtime = ModelRuntime(
             self.config, self.encoder, reference, self.store, self.metrics,
             reference_sha256=file_sha256(self.config.resolve(self.config.reference.path)))
-        version = self.runtime.start()
+        self.runtime.start()
         self.adapter = Adapter(self.config, self.store, self.runtime, self.metrics)
+        self.adapter.apply_configured_settings()
+        version = self.runtime.version
+        assert version is not None
         log.info("model version %s (%s) serving: %d classes", version.version,
                  version.algorithm, len(version.classes or []))
 

@@ -276,6 +276,7 @@ class ModelVersionRow(Base):
     label_ids: Mapped[list[int] | None] = mapped_column(JSON)
     trigger: Mapped[str | None] = mapped_column(StorableText)
     reasons: Mapped[list[str] | None] = mapped_column(JSON)
+    settings: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class ReferenceVersionRow(Base):

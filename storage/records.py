@@ -384,6 +384,7 @@ class ModelVersion:
     label_ids: list[int] = field(default_factory=list)
     trigger: str | None = None
     reasons: list[str] | None = None
+    settings: dict[str, Any] | None = None  # None: registered before settings were recorded
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "label_ids", list(self.label_ids or []))

@@ -69,6 +69,7 @@ class RegistryStore:
         label_ids: Sequence[int] = (),
         trigger: str | None = None,
         reasons: Sequence[str] | None = None,
+        settings: Mapping[str, Any] | None = None,
         actor: str = AGENT_ACTOR,
         origin: str | None = None,
     ) -> ModelVersion:
@@ -96,6 +97,7 @@ class RegistryStore:
             "classes": list(classes) if classes is not None else None,
             "label_ids": [int(i) for i in label_ids], "trigger": trigger,
             "reasons": list(reasons) if reasons is not None else None,
+            "settings": dict(settings) if settings is not None else None,
         }
         with self._session("add_model_version", write=True) as connection:
             self._lock_registry(connection)
