@@ -36,6 +36,7 @@ from sqlalchemy.exc import ArgumentError
 from detectors import DETECTOR_TYPES
 from detectors.base import DetectorConfig
 from detectors.feature_drift import FeatureDriftConfig
+from meta.live import NAME_MIN_REFERENCE_RECORDS
 from storage.outbox import AlertRoute
 from storage.records import MAX_SINK_CHARS
 from storage.urls import redact_url
@@ -571,7 +572,7 @@ class ModelConfig(_Model):
     min_class_calibration: int = Field(default=100, ge=5)
     # A reference class with fewer records raises alarms as `novel` (nearest that class)
     # instead of naming them, until an analyst labels one of its kind (meta/live.py).
-    min_reference_records_to_name: int = Field(default=3, ge=1)
+    min_reference_records_to_name: int = Field(default=NAME_MIN_REFERENCE_RECORDS, ge=1)
     poll_interval_s: float = Field(default=5.0, gt=0)
     cache_dir: Path = Path("var/models")
     seed: int = 0
