@@ -31,8 +31,7 @@ import argparse
 import dataclasses
 import itertools
 import logging
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -95,28 +94,6 @@ def train(algorithm: str, e: NslKddEpisodes, budget: Budget, seed: int = 0) -> T
     return Trained(selector, final, episodes, selection["best_val_accuracy"])
 
 
-@contextmanager
-def inner_loop(learner: Any, steps: int, rate_scale: float) -> Iterator[None]:
-    """``learner`` adapts with ``steps`` inner steps at ``rate_scale`` times its rates, then
-    is restored. A study of the adaptation step only: meta-training is not involved, so the
-    compiled adaptation is rebuilt with the new settings (Meta-SGD's learned rates are
-    variables, scaled in place and put back)."""
-    saved_steps, saved_rate = learner.eval_inner_steps, learner.inner_lr
-    learned = [v for name, v in learner._variables.items() if name.startswith("inner_lr/")]
-    saved_learned = [v.numpy() for v in learned]
-    learner.eval_inner_steps, learner.inner_lr = steps, saved_rate * rate_scale
-    for variable, value in zip(learned, saved_learned, strict=True):
-        variable.assign(value * rate_scale)
-    learner._adapt_fn = learner._compile_adapt()
-    try:
-        yield
-    finally:
-        learner.eval_inner_steps, learner.inner_lr = saved_steps, saved_rate
-        for variable, value in zip(learned, saved_learned, strict=True):
-            variable.assign(value)
-        learner._adapt_fn = learner._compile_adapt()
-
-
 @dataclass(frozen=True)
 class EmbeddingRead:
     """A head with nothing to overfit (1-NN or nearest centroid) on a learner's embedding;
@@ -161,7 +138,8 @@ def inner_loop_grid(e: NslKddEpisodes, trained: Trained, progress: Callable[[str
     """Hypothesis 1: every (steps, rate scale) on validation and on test."""
     cells = []
     for steps, scale in itertools.product(STEPS, RATE_SCALES):
-        with inner_loop(trained.selector, steps, scale), inner_loop(trained.final, steps, scale):
+        with (trained.selector.adaptation_settings(steps, scale),
+              trained.final.adaptation_settings(steps, scale)):
             cell = _own_adaptation(e, trained)
         cells.append({"steps": steps, "rate_scale": scale, **cell})
         progress(f"    {steps} steps x{scale}: validation "

@@ -35,7 +35,8 @@ Example
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -301,6 +302,31 @@ class GradientMetaLearner(EpisodicLearner):
         super().__init__(encoder_spec, **common)
         self._adapt_fn = self._compile_adapt()
         self._forward_fn = self._compile_forward()
+
+    @contextmanager
+    def adaptation_settings(self, steps: int, rate_scale: float = 1.0) -> Iterator[None]:
+        """Adapt with ``steps`` inner steps at ``rate_scale`` times the rates, then restore.
+
+        For studies of the adaptation step alone (meta-training is not involved): the
+        compiled adaptation is rebuilt with the new settings, and Meta-SGD's learned rates,
+        which are variables, are scaled in place and put back.
+        """
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}.")
+        saved_steps, saved_rate = self.eval_inner_steps, self.inner_lr
+        learned = [v for name, v in self._variables.items() if name.startswith("inner_lr/")]
+        saved_learned = [v.numpy() for v in learned]
+        self.eval_inner_steps, self.inner_lr = steps, saved_rate * rate_scale
+        for variable, value in zip(learned, saved_learned, strict=True):
+            variable.assign(value * rate_scale)
+        self._adapt_fn = self._compile_adapt()
+        try:
+            yield
+        finally:
+            self.eval_inner_steps, self.inner_lr = saved_steps, saved_rate
+            for variable, value in zip(learned, saved_learned, strict=True):
+                variable.assign(value)
+            self._adapt_fn = self._compile_adapt()
 
     def hyperparameters(self) -> dict[str, Any]:
         return {

@@ -9,7 +9,7 @@ from meta_testdata import ALGORITHMS, TrainedLearner, make_blobs
 from meta.encoders import EncoderSpec
 from meta.episodes import EpisodeSampler
 from meta.learners import Adapted, MetaLearner, ProtoNet, build_learner
-from meta.learners.maml import MAML
+from meta.learners.maml import FOMAML, MAML, MetaSGD
 from meta.learners.protonet import robust_prototypes
 
 
@@ -140,3 +140,29 @@ def test_memory_read_is_the_log_attention_mass_per_class_with_thousands_of_slots
         [np.log(np.exp(scores[:, labels == c]).sum(1)) for c in range(3)], axis=1
     )
     assert np.allclose(adapted.logits(queries), expected, atol=1e-9)
+
+
+@pytest.mark.parametrize("cls", [FOMAML, MetaSGD])
+def test_adaptation_settings_change_adaptation_then_restore_it(cls: type) -> None:
+    learner = cls(EncoderSpec(kind="mlp", input_shape=(5,), hidden=(8,), embedding_dim=4),
+                  seed=1, device="cpu", inner_lr=0.2)
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 4)
+    x = (rng.normal(size=(12, 5)) + 2.0 * np.eye(3, 5)[y]).astype(np.float32)
+    queries = rng.normal(size=(20, 5)).astype(np.float32)
+    before = learner.adapt(x, y).predict_proba(queries)
+    rates = {k: v.copy() for k, v in learner.state_arrays().items() if k.startswith("inner_lr/")}
+    assert bool(rates) == (cls is MetaSGD)
+    with learner.adaptation_settings(steps=1, rate_scale=3.0):
+        assert learner.eval_inner_steps == 1
+        changed = learner.adapt(x, y).predict_proba(queries)
+        for name, value in rates.items():
+            np.testing.assert_allclose(learner.state_arrays()[name], 3.0 * value, rtol=1e-6)
+    assert not np.allclose(changed, before)
+    assert learner.eval_inner_steps == 5 and learner.inner_lr == 0.2
+    for name, value in rates.items():
+        np.testing.assert_array_equal(learner.state_arrays()[name], value)
+    np.testing.assert_array_equal(learner.adapt(x, y).predict_proba(queries), before)
+    with pytest.raises(ValueError, match="steps"):
+        with learner.adaptation_settings(steps=0):
+            pass
