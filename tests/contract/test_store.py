@@ -543,10 +543,14 @@ def test_registering_with_activate_replaces_the_active_version(store: Store) -> 
         version="v1", algorithm="maml", path="/m/1", sha256=SHA, metrics={"f1": 0.8}, activate=True
     )
     added = store.add_model_version(
-        version="v2", algorithm="maml", path="/m/2", sha256=SHA, metrics={"f1": 0.9}, activate=True
+        version="v2", algorithm="maml", path="/m/2", sha256=SHA, metrics={"f1": 0.9}, activate=True,
+        settings={"min_class_calibration": 50, "min_reference_records_to_name": 3},
     )
 
     assert added.active and added.metrics == {"f1": 0.9}
+    assert store.get_model_version("v2").settings == {
+        "min_class_calibration": 50, "min_reference_records_to_name": 3}
+    assert store.get_model_version("v1").settings is None
     assert added.created_at.tzinfo == UTC
     assert [(m.version, m.active) for m in store.list_model_versions()] == [
         ("v2", True),

@@ -67,7 +67,8 @@ def _seed(store: Store) -> int:
     store.add_model_version(version="2", algorithm=first.algorithm, path=first.path,
                             sha256=first.sha256, metrics={}, parent="1",
                             base_sha256=first.base_sha256, benign_class=first.benign_class,
-                            classes=first.classes, label_ids=[], trigger="test")
+                            classes=first.classes, label_ids=[], trigger="test",
+                            settings=first.settings)
     return result.created_ids[0]
 
 
