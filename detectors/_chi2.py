@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import special
 
 __all__ = ["ChiSquaredResult", "pooled_chi2"]
 
@@ -62,6 +61,8 @@ def pooled_chi2(reference_counts: np.ndarray, window_counts: np.ndarray) -> ChiS
     expected = np.outer([n_reference, n_window], observed.sum(axis=0)) / (n_reference + n_window)
     statistic = float(np.sum((observed - expected) ** 2 / expected))
     degrees_of_freedom = observed.shape[1] - 1
+    from scipy import special  # imported when first needed: config loading stays light
+
     p_value = float(special.chdtrc(degrees_of_freedom, statistic))
     return ChiSquaredResult(
         statistic=statistic, p_value=p_value, degrees_of_freedom=degrees_of_freedom

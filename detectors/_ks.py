@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from scipy import special, stats
 
 __all__ = ["ks_p_value"]
 
@@ -39,6 +38,8 @@ def ks_p_value(statistic: np.ndarray, n_reference: int, n_window: int) -> np.nda
     d = np.clip(np.asarray(statistic, dtype=np.float64), 0.0, 1.0)
     n_eff = max(1, int(np.round(n_reference * n_window / (n_reference + n_window))))
     if n_eff < _PELZ_GOOD_MIN_N:
+        from scipy import stats  # imported when first needed: config loading stays light
+
         return np.clip(stats.kstwo.sf(d, n_eff), 0.0, 1.0)
     in_tail = n_eff * d * d >= (2.2 if n_eff > 140 else 4.0)
     p_values = _pelz_good_sf(d, n_eff)
@@ -82,6 +83,8 @@ def _smirnov_sf(n: int, d: np.ndarray) -> np.ndarray:
 @functools.lru_cache(maxsize=8)
 def _log_binomials(n: int) -> np.ndarray:
     """log C(n, j) for j = 0..n; a detector's full windows all share one n."""
+    from scipy import special
+
     j = np.arange(n + 1, dtype=np.float64)
     return special.gammaln(n + 1.0) - special.gammaln(j + 1.0) - special.gammaln(n - j + 1.0)
 

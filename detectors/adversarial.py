@@ -46,7 +46,6 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
-from scipy import ndimage
 
 from detectors._conformal import Calibration, CombineRule
 from detectors._distances import distances
@@ -441,6 +440,8 @@ class AdversarialDetector:
 
     def _squeeze_change(self, model: Any, encoded: np.ndarray) -> np.ndarray:
         """Largest L1 change of the class probabilities under either squeezer."""
+        from scipy import ndimage  # imported when first needed: config loading stays light
+
         base = np.asarray(model.class_probabilities(encoded), np.float64)
         levels = 2 ** self.squeeze_bits - 1
         reduced, smoothed = np.asarray(encoded), np.asarray(encoded)
