@@ -2,12 +2,14 @@
 
 A version is registered with the settings its canary check saw and is always rebuilt with
 them; changing them in agent.yaml makes a new version at the next start, checked like an
-adaptation (activated, or rejected while the old version keeps serving), and a row whose
-recorded settings were edited is refused like one whose labels were.
+adaptation (activated, or rejected while the old version keeps serving; replicas starting
+together on PostgreSQL register it once), and a row whose recorded settings were edited is
+refused like one whose labels were.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -131,3 +133,38 @@ def test_a_version_registered_before_settings_were_recorded_is_served_as_configu
         assert len(agent.store.list_model_versions()) == 1
     assert "registered before versions recorded their settings" in caplog.text
     assert "model.min_reference_records_to_name=3" in caplog.text
+
+
+@pytest.mark.postgres
+def test_replicas_starting_with_a_changed_setting_register_one_version(
+        write_config: Callable[..., Path], fresh_database: Callable[..., str]) -> None:
+    from pg_faults import PG_URL
+
+    url = PG_URL.rsplit("/", 1)[0] + "/" + fresh_database("metasentry_model_settings")
+    with started(write_config(live_model=True, **{"storage.url": url})) as agent:
+        first = serving(agent)[0]
+    changed = write_config("changed.yaml", live_model=True, **{"storage.url": url, NAMING: 40})
+    agents = [Agent(load_config(changed, need_token=False)) for _ in range(2)]
+    errors: list[BaseException] = []
+
+    def start(agent: Agent) -> None:
+        try:
+            agent.prepare()
+        except BaseException as error:  # noqa: BLE001 - handed to the test thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=start, args=(agent,)) for agent in agents]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(300)
+        assert not errors, errors
+        served = {serving(agent)[0] for agent in agents}
+        versions = agents[0].store.list_model_versions()
+    finally:
+        for agent in agents:
+            agent.close()
+    assert len(versions) == 2, [(v.version, v.trigger) for v in versions]
+    second = next(v for v in versions if v.version != first)
+    assert served == {second.version} and second.parent == first
