@@ -30,7 +30,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from agent.canary import CanaryLimits, failed_limits
+from agent.canary import CanaryLimits, CanaryReport, failed_limits
 from agent.config import AgentConfig
 from agent.metrics import Metrics
 from agent.model_runtime import ModelRuntime, describe_settings
@@ -122,25 +122,13 @@ class Adapter:
         earlier = self.store.labelled_records(serving.label_ids)
         records = sorted([*earlier, *accepted], key=lambda r: r.label_id)
         candidate = self.runtime.build_with(parent, accepted)
-        earlier_ids = {r.label_id for r in earlier}
         new_ids = {r.label_id for r in accepted}
-        serving_canary = self.runtime.evaluate(parent, earlier=earlier_ids)
-        canary = self.runtime.evaluate(candidate, earlier=earlier_ids, new=new_ids)
-        limits = CanaryLimits(self.config.adaptation.max_known_drop,
-                              self.config.adaptation.max_benign_increase)
-        reasons = failed_limits(canary, serving_canary, limits)
-        cfg = self.config.model
-        figures = {"canary": canary.to_dict(), "serving_canary": serving_canary.to_dict()}
+        canary, reasons, figures = self._check(candidate, parent,
+                                               {r.label_id for r in earlier}, new_ids)
         settings = self.runtime.settings_of(serving)  # the candidate keeps its parent's
-        common: dict[str, Any] = {
-            "algorithm": serving.algorithm, "path": serving.path,
-            "sha256": self.runtime.digest(serving.algorithm, serving.base_sha256 or "", records,
-                                          settings),
-            "metrics": figures, "base_sha256": serving.base_sha256,
-            "parent": serving.version, "classes": list(candidate.classes),
-            "label_ids": [r.label_id for r in records], "trigger": trigger,
-            "benign_class": cfg.benign_class, "settings": settings,
-        }
+        common = self._version_fields(
+            serving, candidate, records, settings, trigger, figures,
+            self.runtime.digest(serving.algorithm, serving.base_sha256 or "", records, settings))
         if reasons:
             return self._reject(common, reasons, accepted, held, figures)
         version = self.store.add_model_version(
@@ -158,6 +146,30 @@ class Adapter:
                                  labels_used=tuple(sorted(new_ids)), labels_held=held,
                                  canary=figures)
 
+    def _check(self, candidate: AlertModel, parent: AlertModel, earlier: set[int],
+               new: set[int] | frozenset[int] = frozenset()
+               ) -> tuple[CanaryReport, list[str], dict[str, Any]]:
+        """The candidate's canary figures, why it may not replace ``parent`` (empty: it may),
+        and both models' figures as the version records them."""
+        serving_canary = self.runtime.evaluate(parent, earlier=earlier)
+        canary = self.runtime.evaluate(candidate, earlier=earlier, new=new)
+        limits = CanaryLimits(self.config.adaptation.max_known_drop,
+                              self.config.adaptation.max_benign_increase)
+        figures = {"canary": canary.to_dict(), "serving_canary": serving_canary.to_dict()}
+        return canary, failed_limits(canary, serving_canary, limits), figures
+
+    def _version_fields(self, serving: ModelVersion, candidate: AlertModel, records: list[Any],
+                        settings: dict[str, Any], trigger: str, figures: dict[str, Any],
+                        sha256: str) -> dict[str, Any]:
+        """What a version built on ``serving`` records, all but its name and status."""
+        return {
+            "algorithm": serving.algorithm, "path": serving.path, "sha256": sha256,
+            "metrics": figures, "base_sha256": serving.base_sha256,
+            "parent": serving.version, "classes": list(candidate.classes),
+            "label_ids": [r.label_id for r in records], "trigger": trigger,
+            "benign_class": self.config.model.benign_class, "settings": settings,
+        }
+
     # --- a changed setting --------------------------------------------------------------------
 
     def apply_configured_settings(self) -> AdaptationOutcome | None:
@@ -170,6 +182,8 @@ class Adapter:
         exactly those inputs registered before is reused: activated again, unless its check
         rejected it. ``None``: the active version already has the configured settings.
         """
+        if not self._settings_differ():  # the usual start: no lock taken
+            return None
         with self.store.adaptation_lock(timeout_s=3600.0) as acquired:
             if not acquired:
                 log.warning("another process held the adaptation lock for an hour; the "
@@ -178,19 +192,21 @@ class Adapter:
             self.runtime.refresh()  # another replica may have done it already
             serving = self.runtime.version
             parent = self.runtime.current()
-            if serving is None or parent is None:
+            if serving is None or parent is None or not self._settings_differ():
                 return None
-            recorded = self.runtime.settings_of(serving)
-            configured = self.runtime.configured_settings()
-            if recorded == configured:
-                return None
-            trigger = "settings: " + "; ".join(
-                f"model.{name} {recorded[name]} -> {configured[name]}"
-                for name in configured if recorded[name] != configured[name])
-            return self._rebuild_with(serving, parent, configured, trigger)
+            return self._rebuild_with(serving, parent)
 
-    def _rebuild_with(self, serving: ModelVersion, parent: AlertModel,
-                      settings: dict[str, Any], trigger: str) -> AdaptationOutcome:
+    def _settings_differ(self) -> bool:
+        serving = self.runtime.version
+        return (serving is not None
+                and self.runtime.settings_of(serving) != self.runtime.configured_settings())
+
+    def _rebuild_with(self, serving: ModelVersion, parent: AlertModel) -> AdaptationOutcome:
+        recorded = self.runtime.settings_of(serving)
+        settings = self.runtime.configured_settings()
+        trigger = "settings: " + "; ".join(
+            f"model.{name} {recorded[name]} -> {settings[name]}"
+            for name in settings if recorded[name] != settings[name])
         base_sha = serving.base_sha256 or ""
         records = self.store.labelled_records(serving.label_ids)
         sha256 = self.runtime.digest(serving.algorithm, base_sha, records, settings)
@@ -198,8 +214,7 @@ class Adapter:
         if same is not None and same.status == "rejected":
             log.warning("model version %s (%s) was rejected by its canary check, so version "
                         "%s keeps serving with %s: %s", same.version, trigger, serving.version,
-                        describe_settings(self.runtime.settings_of(serving)),
-                        "; ".join(same.reasons or []))
+                        describe_settings(recorded), "; ".join(same.reasons or []))
             return AdaptationOutcome(status="rejected", version=same.version,
                                      reasons=tuple(same.reasons or ()))
         if same is not None:
@@ -209,24 +224,18 @@ class Adapter:
             return AdaptationOutcome(status="activated", version=same.version)
         learner = self.runtime.base_learner(base_sha, serving.algorithm)
         candidate = self.runtime.rebuild(serving.algorithm, base_sha, learner, records, settings)
-        label_ids = {r.label_id for r in records}
-        serving_canary = self.runtime.evaluate(parent, earlier=label_ids)
-        canary = self.runtime.evaluate(candidate, earlier=label_ids)
-        reasons = failed_limits(canary, serving_canary, CanaryLimits(
-            self.config.adaptation.max_known_drop, self.config.adaptation.max_benign_increase))
-        figures = {"canary": canary.to_dict(), "serving_canary": serving_canary.to_dict()}
+        canary, reasons, figures = self._check(candidate, parent,
+                                               {r.label_id for r in records})
         version = self.store.add_model_version(
-            version=self.store.next_model_version(), algorithm=serving.algorithm,
-            path=serving.path, sha256=sha256, metrics=figures, activate=not reasons,
+            version=self.store.next_model_version(), activate=not reasons,
             status="rejected" if reasons else "active", reasons=reasons or None,
-            base_sha256=serving.base_sha256, parent=serving.version,
-            classes=list(candidate.classes), label_ids=sorted(label_ids), trigger=trigger,
-            benign_class=self.config.model.benign_class, settings=settings)
+            **self._version_fields(serving, candidate, records, settings, trigger, figures,
+                                   sha256))
         if reasons:
             self.metrics.adaptations.labels("rejected").inc()
             log.warning("model version %s (%s) rejected, version %s keeps serving with %s: %s",
                         version.version, trigger, serving.version,
-                        describe_settings(self.runtime.settings_of(serving)), "; ".join(reasons))
+                        describe_settings(recorded), "; ".join(reasons))
             return AdaptationOutcome(status="rejected", version=version.version,
                                      reasons=tuple(reasons), canary=figures)
         self.runtime.install(candidate, version, canary)

@@ -541,7 +541,6 @@ class Pipeline:
         if take_skipped is not None:
             for reason, skipped_bytes in take_skipped().items():
                 m.source_skipped.labels(batch.source, reason).inc(skipped_bytes)
-        observe_stream(m, source)
 
 
 def position_name(source: Source) -> str:

@@ -306,13 +306,13 @@ class Agent:
                     if want <= 0:
                         return self.totals
                 batch = source.fetch(want, timeout)
-                if batch.records:
-                    outcome = self.pipeline.process(source, batch)
+                outcome = self.pipeline.process(source, batch) if batch.records else None
+                # Every round, also one that only claimed or acknowledged committed entries.
+                observe_stream(self.metrics, source)
+                if outcome is not None:
                     self.totals.add(outcome)
                     if on_batch is not None:
                         on_batch(outcome)
-                else:  # a round may still claim or acknowledge entries (already committed)
-                    observe_stream(self.metrics, source)
                 if batch.exhausted:
                     active.remove(source)
                     self.metrics.source_exhausted.labels(source.name).set(1)
